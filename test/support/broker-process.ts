@@ -1,0 +1,31 @@
+import { join } from 'node:path';
+import type { FakeKernel } from './fake-kernel';
+import { fdBrokerBin } from './paths';
+import { ServiceProcess } from './service-process';
+
+export interface BrokerUnderTest {
+  process: ServiceProcess;
+  socketPath: string;
+}
+
+/**
+ * Starts the real fd-broker on the kernel stand-in, listening in `dir`, and
+ * waits until it serves. By default root counts as holding CAP_SYS_RESOURCE.
+ */
+export async function startBroker(
+  kernel: FakeKernel,
+  dir: string,
+  options: { args?: string[]; privilegedUids?: number[] | null; waitForListening?: boolean } = {},
+): Promise<BrokerUnderTest> {
+  const socketPath = join(dir, 'broker.sock');
+  const privilegedUids = options.privilegedUids === undefined ? [0] : options.privilegedUids;
+  const env = kernel.env(privilegedUids ? { privilegedUids } : {});
+  const args = ['--socket', socketPath, '--device', kernel.devicePath, '--node-dir', dir, ...(options.args ?? [])];
+  const process = new ServiceProcess(fdBrokerBin, args, env);
+  if (options.waitForListening !== false) await process.waitForEvent('listening');
+  return { process, socketPath };
+}
+
+export function brokerSocketIn(dir: string): string {
+  return join(dir, 'broker.sock');
+}
