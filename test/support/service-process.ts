@@ -26,7 +26,7 @@ export class ServiceProcess {
       for (const wake of this.waiters) wake();
     });
     this.child.stderr!.on('data', (chunk: Buffer) => (this.stderr += chunk.toString()));
-    this.exited = new Promise((resolve) => this.child.once('exit', (code, signal) => resolve({ code, signal })));
+    this.exited = new Promise((resolve) => this.child.once('close', (code, signal) => resolve({ code, signal })));
   }
 
   get pid(): number {
@@ -52,6 +52,19 @@ export class ServiceProcess {
       });
       this.waiters = [];
     }
+  }
+
+  /** Resolves once `count` log lines (past or future) match. Logs arrive over a pipe, so they can lag what peers see. */
+  async waitForCount(match: (line: LogLine) => boolean, count: number, timeoutMs = 5000): Promise<LogLine[]> {
+    let seen: LogLine[] = [];
+    await this.waitForLog(
+      () => (seen = this.logs.filter(match)).length >= count,
+      timeoutMs,
+      `${count} matching log lines`,
+    ).catch((err: Error) => {
+      throw new Error(`saw ${seen.length} of ${count}: ${err.message}`);
+    });
+    return seen;
   }
 
   waitForEvent(event: string, timeoutMs?: number): Promise<LogLine> {
