@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { existsSync, lstatSync } from 'node:fs';
+import { existsSync, lstatSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { credentials, Metadata, status } from '@grpc/grpc-js';
@@ -225,17 +225,31 @@ describe('kubelet-bridge end to end', () => {
     const afterRestart = await admit();
     assertGoodContext(node, await node.launch(afterRestart, { set: 1 }));
   });
+
+  it('retries while the kubelet is away and registers within 2 s of its return', async () => {
+    const registrations = node.simulator.plugin(resourceName)!.registrations;
+    await node.simulator.stop();
+    // What a starting kubelet does first: delete every socket in its directory.
+    rmSync(join(node.kubeletDir, 'kubevirt-iommufd.sock'));
+    await node.bridge.waitForLog((l) => l.event === 'register_failed' && Date.parse(l.time as string) > Date.now() - 2000, 3000);
+    await sleep(1500);
+    const back = Date.now();
+    await node.simulator.start();
+    await node.simulator.waitFor((sim) => (sim.plugin(resourceName)?.registrations ?? 0) > registrations && sim.healthyDevices(resourceName).length === 110, 2000);
+    assert.ok(Date.now() - back < 2000);
+  });
 });
 
 describe('kubelet-bridge handoff mode per-connection', () => {
   let node: LocalNode;
   before(async () => {
-    node = await LocalNode.start({ deviceCount: 4, bridgeArgs: ['--handoff-mode', 'per-connection'] });
+    node = await LocalNode.start({ deviceCount: 4, bridgeArgs: ['--handoff-mode', 'per-connection', '--expose-device', 'false'] });
   });
   after(async () => node?.stop());
 
   it('gives every connection of one allocation a fresh context and keeps the socket', async () => {
     const pod = await node.admit();
+    assert.deepEqual(pod.containers[0]!.response.devices, [], '--expose-device false: no device node in the answer');
     const first = await node.launch(pod, { set: 1 });
     const second = await node.launch(pod, { set: 1 });
     assertGoodContext(node, first);
