@@ -171,6 +171,7 @@ describe('kubelet-bridge end to end', () => {
     node.startBroker();
     await node.broker.waitForEvent('listening');
     assertGoodContext(node, await node.launch(pod, { set: 1 }));
+    await node.waitUntilServing(110, 5000);
   });
 
   it('serves 110 pods at once, each with its own context, and leaves no fd behind', async () => {

@@ -1,4 +1,4 @@
-import { copyFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { fakeIommuLibrary, launcherStandIn } from './paths';
@@ -16,6 +16,10 @@ export interface FakeKernel {
   launcher: string;
   /** Environment that puts a process on the stand-in kernel. */
   env(extra?: { privilegedUids?: number[] }): NodeJS.ProcessEnv;
+  /** Makes the device disappear, as when the iommufd module is unloaded. */
+  removeDevice(): void;
+  /** Brings it back, with the same major:minor. */
+  restoreDevice(): void;
 }
 
 /**
@@ -27,12 +31,15 @@ export interface FakeKernel {
  */
 export function fakeKernel(dir: string): FakeKernel {
   const devicePath = join(dir, 'iommu');
-  if (runningAsRoot) {
-    // 10 is the misc major, as for the real /dev/iommu; 242 is unused by this machine's misc drivers.
-    execFileSync('mknod', ['-m', '0666', devicePath, 'c', '10', '242']);
-  } else {
-    writeFileSync(devicePath, '', { mode: 0o666 });
-  }
+  const makeDevice = () => {
+    if (runningAsRoot) {
+      // 10 is the misc major, as for the real /dev/iommu; 242 is unused by this machine's misc drivers.
+      execFileSync('mknod', ['-m', '0666', devicePath, 'c', '10', '242']);
+    } else {
+      writeFileSync(devicePath, '', { mode: 0o666 });
+    }
+  };
+  makeDevice();
   const library = join(dir, 'libfake-iommu.so');
   const launcher = join(dir, 'launcher-stand-in');
   copyFileSync(fakeIommuLibrary, library);
@@ -47,5 +54,7 @@ export function fakeKernel(dir: string): FakeKernel {
       else delete env.FAKE_IOMMU_PRIVILEGED_UIDS;
       return env;
     },
+    removeDevice: () => unlinkSync(devicePath),
+    restoreDevice: makeDevice,
   };
 }

@@ -93,6 +93,9 @@ export class LocalNode {
         '--socket-dir', this.socketDir,
         '--device-path', this.kernel.devicePath,
         '--device-count', String(this.options.deviceCount ?? 110),
+        '--pod-resources-socket', this.podResourcesSocket,
+        '--http-port', '0',
+        '--broker-check-ms', '300',
         ...(this.options.bridgeArgs ?? []),
       ],
       // The bridge never touches the device; it runs without the stand-in, as in production.

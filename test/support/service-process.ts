@@ -71,6 +71,12 @@ export class ServiceProcess {
     return this.waitForLog((l) => l.event === event, timeoutMs, `event ${event}`);
   }
 
+  /** The port of the service's HTTP endpoints, from its http_listening log line. */
+  async httpPort(): Promise<number> {
+    const line = await this.waitForEvent('http_listening');
+    return line.port as number;
+  }
+
   /** The number of fds the process holds right now. */
   fdCount(): number {
     return readdirSync(`/proc/${this.pid}/fd`).length;

@@ -3,3 +3,4 @@ export * from './logger';
 export * from './broker-framing';
 export * from './broker-client';
 export * from './unix-listener';
+export * from './ops-http';

@@ -2,7 +2,8 @@ import type { Socket } from 'node:net';
 import { closeFd, peerCredentials, type PeerCredentials, sendWithFd, socketFd } from '@iommufd-plugin/native';
 import { broker } from '@iommufd-plugin/proto';
 import { encodeFrame, FrameDecoder, FrameTooLargeError, type Logger } from '@iommufd-plugin/common';
-import { errorReply, type HandledRequest, type RequestHandler } from './request-handler';
+import type { BrokerActivity } from './broker-activity';
+import { errorOf, errorReply, type HandledRequest, type RequestHandler } from './request-handler';
 
 export interface ConnectionLimits {
   allowedUids: ReadonlySet<number>;
@@ -27,6 +28,7 @@ export class BrokerConnection {
     private readonly peer: PeerCredentials,
     private readonly handler: RequestHandler,
     private readonly limits: ConnectionLimits,
+    private readonly activity: BrokerActivity,
     private readonly log: Logger,
   ) {
     this.decoder = new FrameDecoder(limits.maxRequestBytes);
@@ -35,7 +37,7 @@ export class BrokerConnection {
   }
 
   /** Reads the peer's credentials and, if it may talk to us, starts serving it. */
-  static accept(socket: Socket, handler: RequestHandler, limits: ConnectionLimits, log: Logger): void {
+  static accept(socket: Socket, handler: RequestHandler, limits: ConnectionLimits, activity: BrokerActivity, log: Logger): void {
     let peer: PeerCredentials;
     try {
       peer = peerCredentials(socketFd(socket));
@@ -45,12 +47,12 @@ export class BrokerConnection {
       socket.destroy();
       return;
     }
-    const connection = new BrokerConnection(socket, peer, handler, limits, log);
+    const connection = new BrokerConnection(socket, peer, handler, limits, activity, log);
     if (!limits.allowedUids.has(peer.uid)) {
       log.warn({ event: 'peer_refused', peer }, `peer uid ${peer.uid} is not in --allowed-uids; refusing`);
-      void connection.finish(
-        errorReply('', broker.ErrorCode.ERROR_CODE_PEER_NOT_ALLOWED, `uid ${peer.uid} may not use this broker`),
-      );
+      const refusal = errorReply('', broker.ErrorCode.ERROR_CODE_PEER_NOT_ALLOWED, `uid ${peer.uid} may not use this broker`);
+      activity.peerRefused(peer, errorOf(refusal));
+      void connection.finish(refusal);
       return;
     }
     connection.start();
@@ -68,7 +70,7 @@ export class BrokerConnection {
     } catch (err) {
       if (!(err instanceof FrameTooLargeError)) throw err;
       this.log.warn({ event: 'bad_request', peer: this.peer, bytes: err.declaredBytes }, 'request too large');
-      void this.finish(errorReply('', broker.ErrorCode.ERROR_CODE_REQUEST_TOO_LARGE, err.message));
+      void this.finishInvalid(errorReply('', broker.ErrorCode.ERROR_CODE_REQUEST_TOO_LARGE, err.message));
       return;
     }
     this.queue.push(...payloads);
@@ -125,6 +127,12 @@ export class BrokerConnection {
     setTimeout(() => this.socket.destroy(), 1000).unref();
   }
 
+  /** Ends a connection whose bytes never made a request, counting it as an invalid one. */
+  private finishInvalid(last: HandledRequest): Promise<void> {
+    this.activity.answered({ type: 'invalid', requestId: '', peer: this.peer, error: errorOf(last) });
+    return this.finish(last);
+  }
+
   private armDeadline(): void {
     this.clearDeadline();
     this.deadline = setTimeout(() => this.onDeadline(), this.limits.requestTimeoutMs);
@@ -142,7 +150,7 @@ export class BrokerConnection {
       return;
     }
     this.log.warn({ event: 'bad_request', peer: this.peer, pendingBytes: this.decoder.pendingBytes }, 'request incomplete at the deadline');
-    void this.finish(
+    void this.finishInvalid(
       errorReply('', broker.ErrorCode.ERROR_CODE_TIMEOUT, `request incomplete after ${this.limits.requestTimeoutMs} ms`),
     );
   }

@@ -7,6 +7,7 @@ import {
   parseLogLevel,
   parseUidList,
 } from '@iommufd-plugin/common';
+import type { OpenStrategy } from '@iommufd-plugin/native';
 
 /**
  * Every setting of the fd-broker, in one place. `fd-broker --help` prints
@@ -102,6 +103,31 @@ export const brokerOptions = {
     default: '256',
     parse: parseInteger(1, 65_536),
   },
+  httpHost: {
+    flag: 'http-host',
+    env: 'FD_BROKER_HTTP_HOST',
+    valueName: 'ADDRESS',
+    description: 'Address of the HTTP endpoint for probes and admins: /healthz, /readyz, /metrics, /status.',
+    default: '0.0.0.0',
+    parse: parseHost,
+  },
+  httpPort: {
+    flag: 'http-port',
+    env: 'FD_BROKER_HTTP_PORT',
+    valueName: 'PORT',
+    description: 'Port of the HTTP endpoint; 0 picks a free one (logged in the http_listening event).',
+    default: '9540',
+    parse: parseInteger(0, 65_535),
+  },
+  selfTestIntervalMs: {
+    flag: 'selftest-interval-ms',
+    env: 'FD_BROKER_SELFTEST_INTERVAL_MS',
+    valueName: 'MS',
+    description:
+      'How often to self-test the device (open a context, SET and GET RLIMIT mode, close it); its result decides readiness and the health the bridge reports. The device appearing or disappearing also starts one at once.',
+    default: '60000',
+    parse: parseInteger(100, 86_400_000),
+  },
   logLevel: {
     flag: 'log-level',
     env: 'FD_BROKER_LOG_LEVEL',
@@ -114,6 +140,13 @@ export const brokerOptions = {
 
 export type BrokerConfig = OptionValues<typeof brokerOptions>;
 
+/** How the configured broker opens the device; requests, the self-test and `fd-broker selftest` share it. */
+export function openStrategyOf(config: Pick<BrokerConfig, 'openStrategy' | 'nodeDir' | 'selinuxLabel'>): OpenStrategy {
+  return config.openStrategy === 'direct'
+    ? { kind: 'direct' }
+    : { kind: 'temporary-node', nodeDir: config.nodeDir, selinuxLabel: config.selinuxLabel };
+}
+
 export interface SocketOwner {
   uid: number;
   gid: number;
@@ -125,4 +158,9 @@ function parseOwner(text: string): SocketOwner | null {
   if (!match) throw new Error('expected UID or UID:GID, numeric');
   const uid = Number(match[1]);
   return { uid, gid: match[2] === undefined ? uid : Number(match[2]) };
+}
+
+function parseHost(text: string): string {
+  if (text === '' || /\s/.test(text)) throw new Error('expected an IP address or host name');
+  return text;
 }

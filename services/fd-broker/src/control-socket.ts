@@ -1,7 +1,8 @@
 import { chownSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
 import { dirname } from 'node:path';
-import { listenUnix, type Logger } from '@iommufd-plugin/common';
+import { listenUnix, type Logger, type ProbeResult } from '@iommufd-plugin/common';
+import type { BrokerActivity } from './broker-activity';
 import { BrokerConnection, type ConnectionLimits } from './broker-connection';
 import type { SocketOwner } from './config';
 import type { RequestHandler } from './request-handler';
@@ -20,13 +21,16 @@ export interface ControlSocketOptions extends ConnectionLimits {
  */
 export class ControlSocket {
   private readonly server: Server;
+  /** The socket file we created, to tell it from a replacement. */
+  private created: { dev: number; ino: number } | undefined;
 
   constructor(
     private readonly options: ControlSocketOptions,
     handler: RequestHandler,
+    activity: BrokerActivity,
     private readonly log: Logger,
   ) {
-    this.server = createServer((socket) => BrokerConnection.accept(socket, handler, options, log));
+    this.server = createServer((socket) => BrokerConnection.accept(socket, handler, options, activity, log));
     this.server.maxConnections = options.maxConnections;
     this.server.on('drop', (info) =>
       log.warn({ event: 'connection_dropped', maxConnections: options.maxConnections, remote: info }, 'too many connections; closed a new one'),
@@ -40,7 +44,30 @@ export class ControlSocket {
 
     await listenUnix(this.server, path, mode);
     if (owner) chownSync(path, owner.uid, owner.gid);
+    const { dev, ino } = lstatSync(path);
+    this.created = { dev, ino };
     this.log.info({ event: 'listening', socket: path, mode: mode.toString(8).padStart(4, '0'), owner }, 'control socket ready');
+  }
+
+  /**
+   * Liveness: we listen, and the path still leads to our socket. If someone
+   * removed or replaced the file, the bridge can no longer reach us and only a
+   * restart (which recreates it) helps.
+   */
+  health(): ProbeResult {
+    const { path } = this.options;
+    if (!this.server.listening || !this.created) return { ok: false, reason: `the control socket ${path} is not listening` };
+    let current: { dev: number; ino: number };
+    try {
+      current = lstatSync(path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+      return { ok: false, reason: `the control socket ${path} is gone (${code}); the kubelet-bridge cannot reach the broker until it restarts` };
+    }
+    if (current.dev !== this.created.dev || current.ino !== this.created.ino) {
+      return { ok: false, reason: `the control socket ${path} was replaced by another file; the kubelet-bridge cannot reach the broker until it restarts` };
+    }
+    return { ok: true, socket: path };
   }
 
   async close(): Promise<void> {

@@ -1,19 +1,33 @@
-import { ConfigError, createLogger, helpText, parseCommandLine } from '@iommufd-plugin/common';
-import { broker } from '@iommufd-plugin/proto';
-import { brokerOptions, type BrokerConfig } from './config';
-import { ContextFactory } from './context-factory';
-import { ControlSocket } from './control-socket';
-import { RequestHandler } from './request-handler';
+import { ConfigError, helpText, parseCommandLine } from '@iommufd-plugin/common';
+import { brokerOptions } from './config';
+import { inspectCommand } from './inspect-command';
+import { inspectUsage, parseInspectArguments } from './inspect-arguments';
+import { selfTestCommand } from './selftest-command';
+import { serve } from './serve';
 import { brokerVersion } from './version';
 
-const usage = 'fd-broker [options]';
-const summary =
+const usage = 'fd-broker [selftest] [options]  |  fd-broker inspect (--handoff PATH | --broker PATH)';
+const summary = [
   'The privileged half of the IOMMUFD device plugin: opens a fresh IOMMUFD context per request, sets RLIMIT mode, ' +
-  'verifies it, and passes the fd to the kubelet-bridge over a unix socket (SCM_RIGHTS).';
+    'verifies it, and passes the fd to the kubelet-bridge over a unix socket (SCM_RIGHTS). HTTP on --http-host:--http-port: ' +
+    '/healthz, /readyz, /metrics, /status.',
+  '',
+  'Commands:',
+  '  (none)     run the broker',
+  '  selftest   run the self-test once with the options below (open a context, SET and GET RLIMIT mode, close it);',
+  '             print the verdict and its reason; exit 0 when it passed, 1 when not',
+  '  inspect    connect to a handoff socket or the broker, report the fd received (see fd-broker inspect --help)',
+].join('\n');
 
 export async function main(argv: readonly string[] = process.argv.slice(2)): Promise<void> {
-  let config: BrokerConfig;
   try {
+    // inspect has flags of its own that the server's table does not know, so it must come first.
+    if (argv[0] === 'inspect') {
+      const args = parseInspectArguments(argv.slice(1));
+      if (args === 'help') process.stdout.write(`${inspectUsage}\n`);
+      else process.exitCode = await inspectCommand(args);
+      return;
+    }
     const outcome = parseCommandLine(brokerOptions, argv, process.env);
     if (outcome.kind === 'help') {
       process.stdout.write(`${helpText(usage, summary, brokerOptions)}\n`);
@@ -23,61 +37,22 @@ export async function main(argv: readonly string[] = process.argv.slice(2)): Pro
       process.stdout.write(`${brokerVersion}\n`);
       return;
     }
-    if (outcome.positionals.length > 0) throw new ConfigError(`unexpected argument: ${outcome.positionals[0]}`);
-    config = outcome.options;
+    const [command, extra] = outcome.positionals;
+    if (extra !== undefined) throw new ConfigError(`unexpected argument: ${extra}`);
+    switch (command) {
+      case undefined:
+        return await serve(outcome.options);
+      case 'selftest':
+        process.exitCode = await selfTestCommand(outcome.options);
+        return;
+      case 'inspect':
+        throw new ConfigError('inspect takes its own flags and must come first: fd-broker inspect --broker PATH');
+      default:
+        throw new ConfigError(`unexpected argument: ${command} (commands: selftest, inspect)`);
+    }
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`fd-broker: ${err.message}\n`);
     process.exitCode = 2;
-    return;
   }
-  await run(config);
-}
-
-async function run(config: BrokerConfig): Promise<void> {
-  const log = createLogger('fd-broker', config.logLevel);
-  const strategy =
-    config.openStrategy === 'direct'
-      ? ({ kind: 'direct' } as const)
-      : ({ kind: 'temporary-node', nodeDir: config.nodeDir, selinuxLabel: config.selinuxLabel } as const);
-  const factory = new ContextFactory({ devicePath: config.devicePath, strategy });
-  const handler = new RequestHandler(
-    factory,
-    {
-      devicePath: config.devicePath,
-      strategy: strategy.kind === 'direct' ? broker.OpenStrategy.OPEN_STRATEGY_DIRECT : broker.OpenStrategy.OPEN_STRATEGY_TEMPORARY_NODE,
-    },
-    log,
-  );
-  const controlSocket = new ControlSocket(
-    {
-      path: config.socketPath,
-      mode: config.socketMode,
-      owner: config.socketOwner,
-      maxConnections: config.maxConnections,
-      allowedUids: new Set(config.allowedUids),
-      maxRequestBytes: config.maxRequestBytes,
-      requestTimeoutMs: config.requestTimeoutMs,
-    },
-    handler,
-    log,
-  );
-
-  log.info({ event: 'starting', version: brokerVersion, config }, 'fd-broker starting');
-  try {
-    await controlSocket.listen();
-  } catch (err) {
-    log.fatal({ event: 'start_failed', reason: (err as Error).message }, 'could not start');
-    process.exitCode = 1;
-    return;
-  }
-
-  const stop = (signal: NodeJS.Signals) => {
-    log.info({ event: 'stopping', signal }, 'fd-broker stopping');
-    void controlSocket.close().then(() => process.exit(0));
-    // Connections still open must not hold the exit back for long.
-    setTimeout(() => process.exit(0), 2000).unref();
-  };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
 }

@@ -2,7 +2,9 @@ import type { PeerCredentials } from '@iommufd-plugin/native';
 import { broker } from '@iommufd-plugin/proto';
 import { brokerProtocolVersion, type Logger } from '@iommufd-plugin/common';
 import { existsSync } from 'node:fs';
+import type { BrokerActivity } from './broker-activity';
 import { ContextError, type ContextFactory } from './context-factory';
+import { selfTestResultMessage, type SelfTestOutcome } from './self-test';
 import { brokerVersion } from './version';
 
 export interface HandledRequest {
@@ -11,10 +13,12 @@ export interface HandledRequest {
   fd: number | null;
 }
 
-/** Counters shown by the status request. */
-export interface BrokerCounters {
-  contextsOpened: number;
-  openFailures: number;
+export interface RequestHandlerOptions {
+  factory: ContextFactory;
+  describe: { devicePath: string; strategy: broker.OpenStrategy };
+  activity: BrokerActivity;
+  /** The latest self-test, for the status reply. */
+  selfTest: { readonly last: SelfTestOutcome | undefined };
 }
 
 /**
@@ -22,11 +26,8 @@ export interface BrokerCounters {
  * becomes a typed error reply and a log line.
  */
 export class RequestHandler {
-  readonly counters: BrokerCounters = { contextsOpened: 0, openFailures: 0 };
-
   constructor(
-    private readonly factory: ContextFactory,
-    private readonly describe: { devicePath: string; strategy: broker.OpenStrategy },
+    private readonly options: RequestHandlerOptions,
     private readonly log: Logger,
   ) {}
 
@@ -36,44 +37,48 @@ export class RequestHandler {
       request = broker.Request.decode(payload);
     } catch (err) {
       this.log.warn({ event: 'bad_request', peer, reason: (err as Error).message }, 'undecodable request');
-      return errorReply('', broker.ErrorCode.ERROR_CODE_BAD_REQUEST, `request is not a valid iommufd.broker.v1.Request: ${(err as Error).message}`);
+      return this.refuse('', peer, broker.ErrorCode.ERROR_CODE_BAD_REQUEST, `request is not a valid iommufd.broker.v1.Request: ${(err as Error).message}`);
     }
+    const decoded = process.hrtime.bigint();
     const { requestId } = request;
     if (request.protocolVersion !== brokerProtocolVersion) {
       this.log.warn({ event: 'bad_request', peer, requestId, protocolVersion: request.protocolVersion }, 'unsupported protocol version');
-      return errorReply(
+      return this.refuse(
         requestId,
+        peer,
         broker.ErrorCode.ERROR_CODE_UNSUPPORTED_VERSION,
         `protocol version ${request.protocolVersion} is not supported; this broker speaks ${brokerProtocolVersion}`,
       );
     }
     switch (request.body?.$case) {
       case 'openContext':
-        return this.openContext(requestId, request.body.value.allocationId, peer);
+        return this.openContext(requestId, request.body.value.allocationId, peer, decoded);
       case 'status':
+        this.options.activity.answered({ type: 'status', requestId, peer });
         return { reply: { protocolVersion: brokerProtocolVersion, requestId, body: { $case: 'status', value: this.status() } }, fd: null };
       default:
         this.log.warn({ event: 'bad_request', peer, requestId }, 'request without a body');
-        return errorReply(requestId, broker.ErrorCode.ERROR_CODE_BAD_REQUEST, 'request has no body (open_context or status)');
+        return this.refuse(requestId, peer, broker.ErrorCode.ERROR_CODE_BAD_REQUEST, 'request has no body (open_context or status)');
     }
   }
 
-  private async openContext(requestId: string, allocationId: string, peer: PeerCredentials): Promise<HandledRequest> {
-    const started = process.hrtime.bigint();
+  private async openContext(requestId: string, allocationId: string, peer: PeerCredentials, decoded: bigint): Promise<HandledRequest> {
+    const { factory, describe, activity } = this.options;
     const fields = { requestId, allocationId, peer };
     try {
-      const fd = await this.factory.open();
-      this.counters.contextsOpened++;
-      this.log.info({ event: 'context_opened', ...fields, durationMs: elapsedMs(started) }, 'opened IOMMUFD context in RLIMIT mode');
+      const fd = await factory.open();
+      const seconds = elapsedSeconds(decoded);
+      activity.answered({ type: 'open_context', requestId, peer, openSeconds: seconds });
+      this.log.info({ event: 'context_opened', ...fields, durationMs: seconds * 1e3 }, 'opened IOMMUFD context in RLIMIT mode');
       const value: broker.ContextOpened = {
         rlimitModeVerified: true,
-        strategy: this.describe.strategy,
-        devicePath: this.describe.devicePath,
+        strategy: describe.strategy,
+        devicePath: describe.devicePath,
       };
       return { reply: { protocolVersion: brokerProtocolVersion, requestId, body: { $case: 'contextOpened', value } }, fd };
     } catch (err) {
-      this.counters.openFailures++;
       const error = err instanceof ContextError ? err : new ContextError(broker.ErrorCode.ERROR_CODE_INTERNAL, String(err));
+      activity.answered({ type: 'open_context', requestId, peer, error: error.toReply() });
       this.log.error(
         {
           event: 'context_failed',
@@ -81,7 +86,7 @@ export class RequestHandler {
           code: broker.errorCodeToJSON(error.code),
           errno: error.errnoName || undefined,
           syscall: error.syscall || undefined,
-          durationMs: elapsedMs(started),
+          durationMs: elapsedSeconds(decoded) * 1e3,
         },
         error.message,
       );
@@ -89,15 +94,25 @@ export class RequestHandler {
     }
   }
 
+  /** An error reply to a request that is not one the broker can act on. */
+  private refuse(requestId: string, peer: PeerCredentials, code: broker.ErrorCode, message: string): HandledRequest {
+    const handled = errorReply(requestId, code, message);
+    this.options.activity.answered({ type: 'invalid', requestId, peer, error: errorOf(handled) });
+    return handled;
+  }
+
   private status(): broker.BrokerStatus {
+    const { describe, activity, selfTest } = this.options;
+    const last = selfTest.last;
     return {
       version: brokerVersion,
       protocolVersion: brokerProtocolVersion,
-      devicePath: this.describe.devicePath,
-      devicePresent: existsSync(this.describe.devicePath),
-      strategy: this.describe.strategy,
-      contextsOpened: this.counters.contextsOpened,
-      openFailures: this.counters.openFailures,
+      devicePath: describe.devicePath,
+      devicePresent: existsSync(describe.devicePath),
+      strategy: describe.strategy,
+      contextsOpened: activity.counters.contextsOpened,
+      openFailures: activity.counters.openFailures,
+      lastSelfTest: last ? selfTestResultMessage(last) : undefined,
     };
   }
 }
@@ -109,6 +124,13 @@ export function errorReply(requestId: string, code: broker.ErrorCode, message: s
   };
 }
 
-function elapsedMs(started: bigint): number {
-  return Number(process.hrtime.bigint() - started) / 1e6;
+/** The error an errorReply() carries. */
+export function errorOf(handled: HandledRequest): broker.Error {
+  const body = handled.reply.body;
+  if (body?.$case !== 'error') throw new Error(`not an error reply: ${body?.$case ?? 'empty'}`);
+  return body.value;
+}
+
+function elapsedSeconds(started: bigint): number {
+  return Number(process.hrtime.bigint() - started) / 1e9;
 }

@@ -7,6 +7,8 @@ import { type Allocation, HandoffSocket, type HandoffOptions } from './handoff-s
 export interface AllocationsOptions extends Omit<HandoffOptions, 'onRetired'> {
   /** Where sockets are created, as this process sees the directory. */
   socketDir: string;
+  /** Told the number of pending sockets whenever it changes. */
+  onPendingChange?: (pending: number) => void;
 }
 
 /**
@@ -34,11 +36,18 @@ export class Allocations {
     const socket = new HandoffSocket(
       allocation,
       join(this.options.socketDir, socketFileName(allocation.id)),
-      { ...this.options, onRetired: (retired) => this.sockets.delete(retired.allocation.id) },
+      {
+        ...this.options,
+        onRetired: (retired) => {
+          this.sockets.delete(retired.allocation.id);
+          this.options.onPendingChange?.(this.sockets.size);
+        },
+      },
       this.log,
     );
     await socket.listen();
     this.sockets.set(allocation.id, socket);
+    this.options.onPendingChange?.(this.sockets.size);
     return socket;
   }
 

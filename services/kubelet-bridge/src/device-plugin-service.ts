@@ -6,6 +6,13 @@ import type { Allocations } from './allocations';
 import type { DeviceList } from './device-list';
 import type { HandoffSocket } from './handoff-socket';
 
+/** What Allocate needs to know besides the request. */
+export interface AllocateContext {
+  /** True under the passthrough policy while the node has no IOMMUFD: answer with nothing. */
+  withoutHandoff(): boolean;
+  count(result: 'handoff' | 'passthrough' | 'error'): void;
+}
+
 export interface AllocateAnswerOptions {
   /** The socket dir as the host sees it: the mount's host_path is inside it. */
   hostSocketDir: string;
@@ -40,6 +47,7 @@ export function devicePluginService(
   devices: DeviceList,
   allocations: Allocations,
   answer: AllocateAnswerOptions,
+  context: AllocateContext,
   log: Logger,
 ): deviceplugin.DevicePluginServer {
   return {
@@ -63,7 +71,7 @@ export function devicePluginService(
     },
 
     allocate: (call: ServerUnaryCall<deviceplugin.AllocateRequest, deviceplugin.AllocateResponse>, callback: sendUnaryData<deviceplugin.AllocateResponse>) => {
-      void respondAsync(callback, log, 'allocate', () => allocate(call.request, devices, allocations, answer, log));
+      void respondAsync(callback, log, 'allocate', () => allocate(call.request, devices, allocations, answer, context, log));
     },
 
     preStartContainer: (_call: ServerUnaryCall<deviceplugin.PreStartContainerRequest, deviceplugin.PreStartContainerResponse>, callback) => {
@@ -77,12 +85,20 @@ async function allocate(
   devices: DeviceList,
   allocations: Allocations,
   answer: AllocateAnswerOptions,
+  context: AllocateContext,
   log: Logger,
 ): Promise<deviceplugin.AllocateResponse> {
   for (const container of request.containerRequests) {
     if (container.devicesIds.length === 0) throw new RpcError(status.INVALID_ARGUMENT, 'a container request names no devices');
     const unknown = container.devicesIds.filter((id) => !devices.has(id));
     if (unknown.length > 0) throw new RpcError(status.INVALID_ARGUMENT, `unknown device ids: ${unknown.join(', ')}`);
+  }
+  if (context.withoutHandoff()) {
+    for (const container of request.containerRequests) {
+      context.count('passthrough');
+      log.info({ event: 'allocate', result: 'passthrough', deviceIds: container.devicesIds }, 'no IOMMUFD on this node (health policy passthrough): answered with no socket and no device');
+    }
+    return { containerResponses: request.containerRequests.map(() => ({ envs: {}, mounts: [], devices: [], annotations: {}, cdiDevices: [] })) };
   }
   const containerResponses: deviceplugin.ContainerAllocateResponse[] = [];
   const created: HandoffSocket[] = [];
@@ -99,9 +115,11 @@ async function allocate(
         annotations: {},
         cdiDevices: [],
       });
+      context.count('handoff');
       log.info(
         {
           event: 'allocate',
+          result: 'handoff',
           allocationId: socket.allocation.id,
           deviceIds: container.devicesIds,
           hostPath,
@@ -113,6 +131,7 @@ async function allocate(
     }
   } catch (err) {
     // All or nothing: the kubelet will retry the whole request.
+    context.count('error');
     await Promise.all(created.map((socket) => socket.retire()));
     throw err;
   }

@@ -2,6 +2,8 @@ import { lstatSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { listenUnix, type Logger } from '@iommufd-plugin/common';
 import { closeFd, peerCredentials, type PeerCredentials, sendWithFd, setSelinuxLabel, socketFd } from '@iommufd-plugin/native';
+import type { HandoffResult } from './metrics';
+import type { PodRef } from './pod-resources';
 
 export type HandoffMode = 'once' | 'per-connection';
 
@@ -20,6 +22,17 @@ export interface HandoffOptions {
   fetchContext: (allocation: Allocation) => Promise<number>;
   /** Called once the socket is closed and removed for good. */
   onRetired: (socket: HandoffSocket) => void;
+  hooks: HandoffHooks;
+}
+
+/** What a handoff reports to, and asks of, the rest of the bridge. */
+export interface HandoffHooks {
+  /** Counts each outcome; `seconds` runs from the launcher's connect. */
+  observe(result: HandoffResult, seconds: number): void;
+  /** The pod holding these devices, for the log line, if the kubelet knows it. */
+  podHolding(deviceIds: readonly string[]): Promise<PodRef | undefined>;
+  /** The broker gave no context: the node's health may have changed. */
+  brokerFailed(): void;
 }
 
 /** The one data byte sent with the fd; virt-launcher ignores its value. */
@@ -77,43 +90,58 @@ export class HandoffSocket {
 
   private async handOff(connection: Socket): Promise<void> {
     const started = process.hrtime.bigint();
-    const peer = readPeer(connection);
-    const fields = { allocationId: this.allocation.id, deviceIds: this.allocation.deviceIds, peer };
     if (this.retired || connection.destroyed) {
       connection.destroy();
       return;
     }
+    const { hooks } = this.options;
+    const peer = readPeer(connection);
+    const pod = hooks.podHolding(this.allocation.deviceIds);
+    const outcome = await this.sendContext(connection);
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    hooks.observe(outcome.result, seconds);
 
+    if (outcome.result === 'ok') {
+      this.handoffs++;
+      this.awaitOptionalAck(connection);
+      if (this.options.mode === 'once') await this.retire();
+    } else {
+      connection.destroy();
+      if (outcome.result === 'broker_failed') hooks.brokerFailed();
+    }
+
+    const fields = {
+      event: 'handoff',
+      result: outcome.result,
+      allocationId: this.allocation.id,
+      deviceIds: this.allocation.deviceIds,
+      pod: await pod,
+      peer,
+      durationMs: seconds * 1000,
+      reason: outcome.reason,
+    };
+    if (outcome.result === 'ok') this.log.info({ ...fields, handoffs: this.handoffs }, 'handed an IOMMUFD context to the launcher');
+    else if (outcome.result === 'broker_failed') this.log.error(fields, 'no IOMMUFD context from the broker; closed the launcher connection without an fd');
+    else this.log.warn(fields, 'the launcher went away before the fd could be sent; the allocation stays available');
+  }
+
+  /** Gets a fresh context from the broker and sends it with one byte; our copy is closed whatever happens. */
+  private async sendContext(connection: Socket): Promise<{ result: HandoffResult; reason?: string }> {
     let fd: number;
     try {
       fd = await this.options.fetchContext(this.allocation);
     } catch (err) {
-      this.log.error(
-        { event: 'handoff', result: 'broker_failed', ...fields, reason: (err as Error).message, durationMs: elapsedMs(started) },
-        'no IOMMUFD context from the broker; closing the launcher connection without an fd',
-      );
-      connection.destroy();
-      return;
+      return { result: 'broker_failed', reason: (err as Error).message };
     }
-
     try {
-      if (connection.destroyed) throw new Error('the launcher closed the connection');
+      if (connection.destroyed) return { result: 'launcher_gone', reason: 'the launcher closed the connection' };
       sendWithFd(socketFd(connection), handoffByte, fd);
+      return { result: 'ok' };
     } catch (err) {
-      this.log.warn(
-        { event: 'handoff', result: 'launcher_gone', ...fields, reason: (err as Error).message, durationMs: elapsedMs(started) },
-        'the launcher went away before the fd could be sent; the allocation stays available',
-      );
-      connection.destroy();
-      return;
+      return { result: 'launcher_gone', reason: (err as Error).message };
     } finally {
       closeFd(fd);
     }
-
-    this.handoffs++;
-    this.log.info({ event: 'handoff', result: 'ok', ...fields, handoffs: this.handoffs, durationMs: elapsedMs(started) }, 'handed an IOMMUFD context to the launcher');
-    this.awaitOptionalAck(connection);
-    if (this.options.mode === 'once') await this.retire();
   }
 
   private awaitOptionalAck(connection: Socket): void {

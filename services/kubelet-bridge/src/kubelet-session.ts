@@ -5,6 +5,12 @@ import type { deviceplugin } from '@iommufd-plugin/proto';
 import type { PluginServer } from './plugin-server';
 import { registerWithKubelet } from './registration';
 
+/** Told of registrations and restarts, for metrics. */
+export interface KubeletSessionObserver {
+  registered(isRegistered: boolean): void;
+  kubeletRestarted(): void;
+}
+
 export interface KubeletSessionOptions {
   kubeletDir: string;
   registerRequest: deviceplugin.RegisterRequest;
@@ -31,12 +37,11 @@ export class KubeletSession {
   private timer: NodeJS.Timeout | null = null;
   private establishing: Promise<void> | null = null;
   private wake: (() => void) | null = null;
-  registrations = 0;
-  kubeletRestarts = 0;
 
   constructor(
     private readonly server: PluginServer,
     private readonly options: KubeletSessionOptions,
+    private readonly observer: KubeletSessionObserver,
     private readonly log: Logger,
   ) {}
 
@@ -58,7 +63,12 @@ export class KubeletSession {
     if (this.timer) clearInterval(this.timer);
     await this.establishing;
     await this.server.stop();
-    this.registered = false;
+    this.setRegistered(false);
+  }
+
+  private setRegistered(registered: boolean): void {
+    this.registered = registered;
+    this.observer.registered(registered);
   }
 
   private get kubeletSocket(): string {
@@ -74,15 +84,14 @@ export class KubeletSession {
   }
 
   private async serveAndRegister(): Promise<void> {
-    this.registered = false;
+    this.setRegistered(false);
     let pauseMs = firstRetryMs;
     for (let attempt = 1; !this.stopped; attempt++) {
       try {
         await this.server.start();
         this.kubeletSocketInode = inodeOf(this.kubeletSocket);
         await registerWithKubelet(this.kubeletSocket, this.options.registerRequest, registerTimeoutMs);
-        this.registered = true;
-        this.registrations++;
+        this.setRegistered(true);
         this.log.info(
           { event: 'registered', resourceName: this.options.registerRequest.resourceName, endpoint: this.server.socketPath, attempt },
           'registered with the kubelet',
@@ -135,7 +144,7 @@ export class KubeletSession {
     const kubeletInode = inodeOf(this.kubeletSocket);
     const kubeletReplaced = kubeletInode !== null && kubeletInode !== this.kubeletSocketInode;
     if (!ourSocketGone && !kubeletReplaced) return;
-    this.kubeletRestarts++;
+    this.observer.kubeletRestarted();
     this.log.warn({ event: 'kubelet_restart_detected', ourSocketGone, kubeletSocketReplaced: kubeletReplaced }, 'the kubelet restarted; serving and registering again');
     if (!this.watcher) this.watchDirectory();
     void this.establish();

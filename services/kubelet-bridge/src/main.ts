@@ -1,11 +1,14 @@
 import { join } from 'node:path';
-import { ConfigError, createLogger, helpText, type Logger, openContext, parseCommandLine } from '@iommufd-plugin/common';
+import { ConfigError, createLogger, helpText, type Logger, openContext, parseCommandLine, startOpsServer } from '@iommufd-plugin/common';
 import { Allocations } from './allocations';
 import { type BridgeConfig, bridgeOptions } from './config';
 import { DeviceList } from './device-list';
 import { devicePluginService, pluginOptions } from './device-plugin-service';
 import { KubeletSession } from './kubelet-session';
+import { BridgeMetrics } from './metrics';
+import { NodeHealth } from './node-health';
 import { PluginServer } from './plugin-server';
+import { PodResources } from './pod-resources';
 import { bridgeVersion } from './version';
 
 const usage = 'kubelet-bridge [options]';
@@ -38,8 +41,16 @@ export async function main(argv: readonly string[] = process.argv.slice(2)): Pro
 
 async function run(config: BridgeConfig, log: Logger): Promise<void> {
   log.info({ event: 'starting', version: bridgeVersion, config }, 'kubelet-bridge starting');
-
+  const metrics = new BridgeMetrics();
   const devices = new DeviceList(config.deviceCount);
+  const podResources = new PodResources(config.podResourcesSocket, config.resourceName);
+  const health = new NodeHealth(
+    { brokerSocket: config.brokerSocket, policy: config.healthPolicy, checkIntervalMs: config.brokerCheckMs, brokerTimeoutMs: config.brokerTimeoutMs },
+    devices,
+    metrics,
+    log,
+  );
+
   let allocations: Allocations;
   try {
     allocations = new Allocations(
@@ -53,6 +64,12 @@ async function run(config: BridgeConfig, log: Logger): Promise<void> {
           const { fd } = await openContext(config.brokerSocket, { allocationId: allocation.id, timeoutMs: config.brokerTimeoutMs });
           return fd;
         },
+        hooks: {
+          observe: (result, seconds) => metrics.handoff(result, seconds),
+          podHolding: (deviceIds) => podResources.podHolding(deviceIds),
+          brokerFailed: () => void health.checkNow(),
+        },
+        onPendingChange: (pending) => metrics.pendingSockets.set(pending),
       },
       log,
     );
@@ -71,6 +88,7 @@ async function run(config: BridgeConfig, log: Logger): Promise<void> {
       exposeDevice: config.exposeDevice,
       devicePath: config.devicePath,
     },
+    { withoutHandoff: () => health.allocateWithoutHandoff, count: (result) => metrics.allocation(result) },
     log,
   );
   const server = new PluginServer(join(config.kubeletDir, config.endpoint), service);
@@ -82,16 +100,48 @@ async function run(config: BridgeConfig, log: Logger): Promise<void> {
       registerRetryMaxMs: config.registerRetryMaxMs,
       checkIntervalMs: config.kubeletCheckMs,
     },
+    {
+      registered: (registered) => {
+        metrics.setRegistered(registered);
+        if (registered) metrics.registration();
+      },
+      kubeletRestarted: () => metrics.kubeletRestart(),
+    },
     log,
   );
+
+  let http: Awaited<ReturnType<typeof startOpsServer>>;
+  try {
+    http = await startOpsServer({
+      host: config.httpHost,
+      port: config.httpPort,
+      log,
+      registry: metrics.registry,
+      liveness: () => ({ ok: true }),
+      readiness: () => {
+        const { brokerReachable, reason } = health.state;
+        if (!session.isRegistered) return { ok: false, reason: 'not registered with the kubelet' };
+        if (!brokerReachable) return { ok: false, reason };
+        return { ok: true, health: devices.health, reason: reason || undefined };
+      },
+    });
+  } catch (err) {
+    log.fatal({ event: 'start_failed', reason: (err as Error).message }, 'could not start the HTTP endpoints');
+    process.exitCode = 1;
+    return;
+  }
 
   const stop = (signal: NodeJS.Signals) => {
     log.info({ event: 'stopping', signal }, 'kubelet-bridge stopping');
     setTimeout(() => process.exit(0), 5000).unref();
-    void Promise.all([session.stop(), allocations.closeAll()]).then(() => process.exit(0));
+    health.stop();
+    podResources.close();
+    void Promise.all([session.stop(), allocations.closeAll(), http.close()]).then(() => process.exit(0));
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
 
+  // Know the node's health before the kubelet first lists our devices.
+  await health.start();
   await session.start();
 }
