@@ -20,7 +20,8 @@ export async function startBroker(
   const socketPath = join(dir, 'broker.sock');
   const privilegedUids = options.privilegedUids === undefined ? [0] : options.privilegedUids;
   const env = kernel.env(privilegedUids ? { privilegedUids } : {});
-  const args = ['--socket', socketPath, '--device', kernel.devicePath, '--node-dir', dir, ...(options.args ?? [])];
+  // Port 0: a free port each, so brokers never collide; a later --http-port in args wins.
+  const args = ['--socket', socketPath, '--device', kernel.devicePath, '--node-dir', dir, '--http-port', '0', ...(options.args ?? [])];
   const process = new ServiceProcess(fdBrokerBin, args, env);
   if (options.waitForListening !== false) await process.waitForEvent('listening');
   return { process, socketPath };

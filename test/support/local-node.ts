@@ -77,6 +77,7 @@ export class LocalNode {
         '--node-dir', this.socketDir,
         '--open-strategy', runningAsRoot ? 'temporary-node' : 'direct',
         '--allowed-uids', String(ownUid),
+        '--http-port', '0',
         ...(this.options.brokerArgs ?? []),
       ],
       this.kernel.env({ privilegedUids: [ownUid] }),
