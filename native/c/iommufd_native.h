@@ -34,4 +34,7 @@ int ifn_set_rlimit_mode(int fd, int32_t enabled);
 int ifn_get_rlimit_mode(int fd);
 int ifn_set_selinux_label(const char *path, const char *label);
 
+/* privileges.c */
+int ifn_restrict_and_reexec(const char *exe, const char *const *argv, int32_t argc, uint64_t keep);
+
 #endif

@@ -4,3 +4,4 @@ export { socketFd, sendWithFd, receiveWithFd, peerCredentials, connectUnix, clos
 export type { PeerCredentials, ReceivedMessage } from './fd-passing';
 export { openIommuDevice, setRlimitMode, getRlimitMode, setSelinuxLabel } from './iommu-device';
 export type { OpenStrategy } from './iommu-device';
+export { capability, restrictCapabilitiesAndReexec } from './privileges';

@@ -30,4 +30,5 @@ export const native = define({
   ifn_set_rlimit_mode: { library, retType: I32, paramsType: [I32, I32] },
   ifn_get_rlimit_mode: { library, retType: I32, paramsType: [I32] },
   ifn_set_selinux_label: { library, retType: I32, paramsType: [str, str] },
+  ifn_restrict_and_reexec: { library, retType: I32, paramsType: [str, DataType.StringArray, I32, DataType.U64] },
 });

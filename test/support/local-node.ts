@@ -97,6 +97,7 @@ export class LocalNode {
         '--pod-resources-socket', this.podResourcesSocket,
         '--http-port', '0',
         '--broker-check-ms', '300',
+        '--broker-retry-ms', '1000',
         ...(this.options.bridgeArgs ?? []),
       ],
       // The bridge never touches the device; it runs without the stand-in, as in production.

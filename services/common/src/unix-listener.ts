@@ -1,11 +1,12 @@
-import { chmodSync } from 'node:fs';
 import type { Server } from 'node:net';
 
 /**
  * Starts `server` listening on a unix socket at `path` with permission bits
- * `mode`. bind() creates the file synchronously inside listen(); a umask of
- * 0177 around it makes the file 0600 from birth, so no wider mode is ever
- * visible before chmod sets the configured one.
+ * `mode`. bind() creates the file synchronously inside listen(), with the
+ * mode that the umask leaves; setting the umask to the complement of `mode`
+ * around it gives the file its final mode at birth. No chmod follows, so
+ * nothing ever acts on the path after bind (a file swapped in meanwhile
+ * cannot be changed through us), and no wider mode is ever visible.
  */
 export async function listenUnix(server: Server, path: string, mode: number): Promise<void> {
   const listening = new Promise<void>((resolve, reject) => {
@@ -16,12 +17,11 @@ export async function listenUnix(server: Server, path: string, mode: number): Pr
       resolve();
     });
   });
-  const previousUmask = process.umask(0o177);
+  const previousUmask = process.umask(~mode & 0o777);
   try {
     server.listen(path);
   } finally {
     process.umask(previousUmask);
   }
   await listening;
-  chmodSync(path, mode);
 }

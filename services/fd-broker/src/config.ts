@@ -1,5 +1,6 @@
 import {
   type OptionValues,
+  parseBoolean,
   parseAbsolutePath,
   parseChoice,
   parseFileMode,
@@ -127,6 +128,15 @@ export const brokerOptions = {
       'How often to self-test the device (open a context, SET and GET RLIMIT mode, close it); its result decides readiness and the health the bridge reports. The device appearing or disappearing also starts one at once.',
     default: '60000',
     parse: parseInteger(100, 86_400_000),
+  },
+  restrictCapabilities: {
+    flag: 'restrict-capabilities',
+    env: 'FD_BROKER_RESTRICT_CAPABILITIES',
+    valueName: 'true|false',
+    description:
+      'At start, re-execute keeping only the capabilities the broker needs (CAP_SYS_RESOURCE; CAP_MKNOD and CAP_DAC_OVERRIDE for temporary-node; CAP_CHOWN with --socket-owner) and set no_new_privs. Needs CAP_SETPCAP; without it the broker runs with what it was given.',
+    default: 'true',
+    parse: parseBoolean,
   },
   logLevel: {
     flag: 'log-level',

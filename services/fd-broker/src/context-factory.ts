@@ -74,6 +74,17 @@ function explainOpenError(err: unknown, devicePath: string): ContextError {
         );
       }
       break;
+    case 'ENOTDIR':
+    case 'ELOOP':
+      if (syscall === 'open(node dir)') {
+        return new ContextError(
+          C.ERROR_CODE_KERNEL,
+          `the node directory ${err.path} is not a directory, or is a symlink, which the broker refuses to follow (${code})`,
+          code,
+          syscall,
+        );
+      }
+      break;
     case 'ENODEV':
       return new ContextError(C.ERROR_CODE_NOT_IOMMUFD, `${devicePath} is not a character device, so it cannot be IOMMUFD`, code, syscall);
     case 'ENXIO':

@@ -1,4 +1,4 @@
-import { chownSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { lchownSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
 import { dirname } from 'node:path';
 import { listenUnix, type Logger, type ProbeResult } from '@iommufd-plugin/common';
@@ -43,7 +43,8 @@ export class ControlSocket {
     await removeStaleSocket(path);
 
     await listenUnix(this.server, path, mode);
-    if (owner) chownSync(path, owner.uid, owner.gid);
+    // lchown: never follow a symlink swapped in at our path.
+    if (owner) lchownSync(path, owner.uid, owner.gid);
     const { dev, ino } = lstatSync(path);
     this.created = { dev, ino };
     this.log.info({ event: 'listening', socket: path, mode: mode.toString(8).padStart(4, '0'), owner }, 'control socket ready');

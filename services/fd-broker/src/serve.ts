@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { createLogger, startOpsServer } from '@iommufd-plugin/common';
 import { broker } from '@iommufd-plugin/proto';
 import { BrokerActivity } from './broker-activity';
+import { restrictCapabilities } from './capabilities';
 import { type BrokerConfig, openStrategyOf } from './config';
 import { ContextFactory } from './context-factory';
 import { ControlSocket } from './control-socket';
@@ -16,6 +17,7 @@ import { brokerVersion } from './version';
 /** Runs the broker: the control socket, the self-test, and the HTTP endpoint for probes and admins. */
 export async function serve(config: BrokerConfig): Promise<void> {
   const log = createLogger('fd-broker', config.logLevel);
+  restrictCapabilities(config, log);
   const startedAt = new Date();
   const strategy = openStrategyOf(config);
   const devicePresent = () => existsSync(config.devicePath);

@@ -1,3 +1,4 @@
+import { type CapabilityReport, capabilityReport } from './capabilities';
 import { release } from 'node:os';
 import type { ProbeResult } from '@iommufd-plugin/common';
 import { type ActivityCounters, type BrokerActivity, errorCodeName, type PeerSeen, type RecentError } from './broker-activity';
@@ -25,6 +26,7 @@ export interface StatusReport {
   startedAt: string;
   uptimeSeconds: number;
   kernelRelease: string;
+  capabilities: CapabilityReport;
   live: ProbeResult;
   ready: ProbeResult;
   controlSocket: string;
@@ -65,6 +67,7 @@ export function statusReport(sources: StatusSources): StatusReport {
     startedAt: sources.startedAt.toISOString(),
     uptimeSeconds: Math.round((Date.now() - sources.startedAt.getTime()) / 1000),
     kernelRelease: release(),
+    capabilities: capabilityReport(),
     live: sources.liveness(),
     ready: sources.readiness(),
     controlSocket: config.socketPath,

@@ -2,7 +2,7 @@ import { basename, join } from 'node:path';
 import { type sendUnaryData, type ServerUnaryCall, type ServerWritableStream, status } from '@grpc/grpc-js';
 import type { Logger } from '@iommufd-plugin/common';
 import { deviceplugin } from '@iommufd-plugin/proto';
-import type { Allocations } from './allocations';
+import { type Allocations, TooManyAllocationsError } from './allocations';
 import type { DeviceList } from './device-list';
 import type { HandoffSocket } from './handoff-socket';
 
@@ -167,6 +167,6 @@ async function respondAsync<T>(callback: sendUnaryData<T>, log: Logger, method: 
 
 function toServiceError(err: unknown): { code: status; details: string; name: string; message: string } {
   const message = (err as Error).message ?? String(err);
-  const code = err instanceof RpcError ? err.code : status.INTERNAL;
+  const code = err instanceof RpcError ? err.code : err instanceof TooManyAllocationsError ? status.RESOURCE_EXHAUSTED : status.INTERNAL;
   return { code, details: message, name: 'Error', message };
 }

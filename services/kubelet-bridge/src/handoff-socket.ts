@@ -11,6 +11,8 @@ export interface Allocation {
   id: string;
   deviceIds: readonly string[];
   createdAt: Date;
+  /** Fds handed out so far (more than one only in per-connection mode). */
+  handoffs: number;
 }
 
 export interface HandoffOptions {
@@ -22,13 +24,17 @@ export interface HandoffOptions {
   fetchContext: (allocation: Allocation) => Promise<number>;
   /** Called once the socket is closed and removed for good. */
   onRetired: (socket: HandoffSocket) => void;
+  /** Called after each successful handoff (the allocation's count changed). */
+  onHandedOff: (socket: HandoffSocket) => void;
+  /** Bounds the connections open at once across all handoff sockets. */
+  admission: { tryAcquire(): boolean; release(): void };
   hooks: HandoffHooks;
 }
 
 /** What a handoff reports to, and asks of, the rest of the bridge. */
 export interface HandoffHooks {
   /** Counts each outcome; `seconds` runs from the launcher's connect. */
-  observe(result: HandoffResult, seconds: number): void;
+  observe(result: HandoffResult | 'refused', seconds: number): void;
   /** The pod holding these devices, for the log line, if the kubelet knows it. */
   podHolding(deviceIds: readonly string[]): Promise<PodRef | undefined>;
   /** The broker gave no context: the node's health may have changed. */
@@ -39,6 +45,12 @@ export interface HandoffHooks {
 const handoffByte = Buffer.from([0]);
 
 /**
+ * Connections one socket serves or queues at once. A launcher needs one; the
+ * cap keeps a pod that floods its own socket from taking the shared slots.
+ */
+const maxConnectionsPerSocket = 4;
+
+/**
  * The unix socket of one allocation, mounted into its container. Each
  * launcher that connects gets a fresh IOMMUFD context at once: one zero byte
  * with the fd attached, as virt-launcher expects. An ACK is accepted, never
@@ -46,8 +58,12 @@ const handoffByte = Buffer.from([0]);
  */
 export class HandoffSocket {
   readonly server: Server;
-  private handoffs = 0;
   private retired = false;
+  private accepting = true;
+  private inFlight = 0;
+  private refusedSinceLog = 0;
+  private lastRefusalLogAt = 0;
+  private idleWaiters: Array<() => void> = [];
   /** In `once` mode connections are served one after another, so exactly one gets an fd. */
   private queue: Promise<void> = Promise.resolve();
 
@@ -60,11 +76,9 @@ export class HandoffSocket {
     this.server = createServer({ pauseOnConnect: true }, (connection) => this.accept(connection));
   }
 
-  get handoffCount(): number {
-    return this.handoffs;
-  }
-
+  /** Listens at `path`, replacing a socket file a previous bridge left there (never anything else). */
   async listen(): Promise<void> {
+    removeSocketFile(this.path);
     await listenUnix(this.server, this.path, this.options.socketMode);
     if (this.options.selinuxLabel !== '') setSelinuxLabel(this.path, this.options.selinuxLabel);
   }
@@ -73,19 +87,68 @@ export class HandoffSocket {
   async retire(): Promise<void> {
     if (this.retired) return;
     this.retired = true;
+    this.accepting = false;
     // server.close() unlinks the path itself, but only after its callback; remove it first so no new launcher finds it.
     removeSocketFile(this.path);
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.options.onRetired(this);
   }
 
+  /**
+   * For shutdown: refuse new connections, and resolve once the handoffs in
+   * progress are done or `timeoutMs` has passed. The socket file stays for
+   * the next bridge to listen on.
+   */
+  async quiesce(timeoutMs: number): Promise<void> {
+    this.accepting = false;
+    if (this.inFlight === 0) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      this.idleWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
   private accept(connection: Socket): void {
     connection.on('error', () => undefined);
-    if (this.options.mode === 'per-connection') {
-      void this.handOff(connection);
-    } else {
-      this.queue = this.queue.then(() => this.handOff(connection));
+    const refusal = !this.accepting
+      ? 'shutting down'
+      : this.inFlight >= maxConnectionsPerSocket
+        ? `more than ${maxConnectionsPerSocket} connections to this socket at once`
+        : !this.options.admission.tryAcquire()
+          ? 'too many launcher connections at once (--max-handoff-connections)'
+          : null;
+    if (refusal !== null) {
+      this.options.hooks.observe('refused', 0);
+      this.logRefusal(refusal);
+      connection.destroy();
+      return;
     }
+    this.inFlight++;
+    const serve = () => this.handOff(connection).finally(() => this.finished());
+    if (this.options.mode === 'per-connection') void serve();
+    else this.queue = this.queue.then(serve);
+  }
+
+  /** One line per second at most: a flood must not flood the log too. */
+  private logRefusal(reason: string): void {
+    this.refusedSinceLog++;
+    const now = Date.now();
+    if (now - this.lastRefusalLogAt < 1000) return;
+    this.log.warn(
+      { event: 'handoff', result: 'refused', allocationId: this.allocation.id, reason, refused: this.refusedSinceLog },
+      'refused launcher connections',
+    );
+    this.lastRefusalLogAt = now;
+    this.refusedSinceLog = 0;
+  }
+
+  private finished(): void {
+    this.options.admission.release();
+    this.inFlight--;
+    if (this.inFlight === 0) for (const wake of this.idleWaiters.splice(0)) wake();
   }
 
   private async handOff(connection: Socket): Promise<void> {
@@ -102,26 +165,32 @@ export class HandoffSocket {
     hooks.observe(outcome.result, seconds);
 
     if (outcome.result === 'ok') {
-      this.handoffs++;
+      this.allocation.handoffs++;
       this.awaitOptionalAck(connection);
       if (this.options.mode === 'once') await this.retire();
+      else this.options.onHandedOff(this);
     } else {
       connection.destroy();
       if (outcome.result === 'broker_failed') hooks.brokerFailed();
     }
 
+    // The log line waits for the pod's name; the handoff itself does not.
     const fields = {
       event: 'handoff',
       result: outcome.result,
       allocationId: this.allocation.id,
       deviceIds: this.allocation.deviceIds,
-      pod: await pod,
       peer,
       durationMs: seconds * 1000,
       reason: outcome.reason,
+      handoffs: this.allocation.handoffs,
     };
-    if (outcome.result === 'ok') this.log.info({ ...fields, handoffs: this.handoffs }, 'handed an IOMMUFD context to the launcher');
-    else if (outcome.result === 'broker_failed') this.log.error(fields, 'no IOMMUFD context from the broker; closed the launcher connection without an fd');
+    void pod.then((podRef) => this.logHandoff({ ...fields, pod: podRef }, outcome.result));
+  }
+
+  private logHandoff(fields: Record<string, unknown>, result: HandoffResult): void {
+    if (result === 'ok') this.log.info(fields, 'handed an IOMMUFD context to the launcher');
+    else if (result === 'broker_failed') this.log.error(fields, 'no IOMMUFD context from the broker; closed the launcher connection without an fd');
     else this.log.warn(fields, 'the launcher went away before the fd could be sent; the allocation stays available');
   }
 
@@ -168,15 +237,11 @@ function readPeer(connection: Socket): PeerCredentials | undefined {
   }
 }
 
-/** Removes our socket file, and nothing else: a path that is not a socket is left alone. */
+/** Removes our socket file, and nothing else: a path that is not a socket (a planted file or symlink) is left alone. */
 export function removeSocketFile(path: string): void {
   try {
     if (lstatSync(path).isSocket()) unlinkSync(path);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
-}
-
-function elapsedMs(started: bigint): number {
-  return Number(process.hrtime.bigint() - started) / 1e6;
 }

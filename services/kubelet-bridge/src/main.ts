@@ -1,6 +1,7 @@
 import { join } from 'node:path';
-import { ConfigError, createLogger, helpText, type Logger, openContext, parseCommandLine, startOpsServer } from '@iommufd-plugin/common';
+import { ConfigError, createLogger, helpText, type Logger, parseCommandLine, startOpsServer } from '@iommufd-plugin/common';
 import { Allocations } from './allocations';
+import { BrokerGateway } from './broker-gateway';
 import { type BridgeConfig, bridgeOptions } from './config';
 import { DeviceList } from './device-list';
 import { devicePluginService, pluginOptions } from './device-plugin-service';
@@ -9,6 +10,7 @@ import { BridgeMetrics } from './metrics';
 import { NodeHealth } from './node-health';
 import { PluginServer } from './plugin-server';
 import { PodResources } from './pod-resources';
+import { Reclaimer } from './reclaimer';
 import { bridgeVersion } from './version';
 
 const usage = 'kubelet-bridge [options]';
@@ -50,6 +52,16 @@ async function run(config: BridgeConfig, log: Logger): Promise<void> {
     metrics,
     log,
   );
+  const gateway = new BrokerGateway(
+    {
+      socketPath: config.brokerSocket,
+      requestTimeoutMs: config.brokerTimeoutMs,
+      retryMs: config.brokerRetryMs,
+      maxConcurrent: config.maxConcurrentBrokerRequests,
+      onUnreachable: () => void health.checkNow(),
+    },
+    log,
+  );
 
   let allocations: Allocations;
   try {
@@ -60,10 +72,9 @@ async function run(config: BridgeConfig, log: Logger): Promise<void> {
         socketMode: config.socketMode,
         selinuxLabel: config.selinuxLabel,
         ackTimeoutMs: config.ackTimeoutMs,
-        fetchContext: async (allocation) => {
-          const { fd } = await openContext(config.brokerSocket, { allocationId: allocation.id, timeoutMs: config.brokerTimeoutMs });
-          return fd;
-        },
+        maxPending: config.maxPendingAllocations,
+        maxConnections: config.maxHandoffConnections,
+        fetchContext: (allocation) => gateway.openContext(allocation.id),
         hooks: {
           observe: (result, seconds) => metrics.handoff(result, seconds),
           podHolding: (deviceIds) => podResources.podHolding(deviceIds),
@@ -73,11 +84,13 @@ async function run(config: BridgeConfig, log: Logger): Promise<void> {
       },
       log,
     );
+    await allocations.restore();
   } catch (err) {
     log.fatal({ event: 'start_failed', reason: (err as Error).message }, 'could not prepare the socket directory');
     process.exitCode = 1;
     return;
   }
+  const reclaimer = new Reclaimer(allocations, podResources, { intervalMs: config.reclaimIntervalMs, maxAgeMs: config.reclaimMaxAgeMs }, log);
 
   const service = devicePluginService(
     devices,
@@ -131,17 +144,23 @@ async function run(config: BridgeConfig, log: Logger): Promise<void> {
     return;
   }
 
-  const stop = (signal: NodeJS.Signals) => {
-    log.info({ event: 'stopping', signal }, 'kubelet-bridge stopping');
-    setTimeout(() => process.exit(0), 5000).unref();
+  process.once('SIGTERM', (signal) => void shutdown(signal));
+  process.once('SIGINT', (signal) => void shutdown(signal));
+  async function shutdown(signal: NodeJS.Signals): Promise<void> {
+    log.info({ event: 'stopping', signal }, 'kubelet-bridge stopping: refusing new launchers, finishing handoffs in progress');
+    // The state is saved on every change, so even this forced exit loses nothing.
+    setTimeout(() => process.exit(0), config.shutdownTimeoutMs + 2000).unref();
     health.stop();
+    reclaimer.stop();
+    await allocations.shutdown(config.shutdownTimeoutMs);
+    await Promise.all([session.stop(), http.close()]);
     podResources.close();
-    void Promise.all([session.stop(), allocations.closeAll(), http.close()]).then(() => process.exit(0));
-  };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+    log.info({ event: 'stopped', pending: allocations.pending }, 'kubelet-bridge stopped; pending handoff sockets are kept for the next start');
+    process.exit(0);
+  }
 
   // Know the node's health before the kubelet first lists our devices.
   await health.start();
   await session.start();
+  reclaimer.start();
 }

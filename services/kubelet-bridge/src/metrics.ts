@@ -2,6 +2,8 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { Health } from './device-list';
 
 export type HandoffResult = 'ok' | 'broker_failed' | 'launcher_gone';
+/** Also counted: connections refused outright (too many at once, or shutting down). */
+type ConnectionResult = HandoffResult | 'refused';
 
 /** The bridge's Prometheus metrics; label values are fixed sets. */
 export class BridgeMetrics {
@@ -9,7 +11,7 @@ export class BridgeMetrics {
 
   private readonly handoffs = new Counter({
     name: 'iommufd_bridge_handoffs_total',
-    help: 'Launcher connections to handoff sockets, by outcome: ok (fd sent), broker_failed (no context from the broker), launcher_gone (it left first).',
+    help: 'Launcher connections to handoff sockets, by outcome: ok (fd sent), broker_failed (no context from the broker), launcher_gone (it left first), refused (too many at once, or shutting down).',
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
@@ -67,11 +69,11 @@ export class BridgeMetrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });
-    for (const result of ['ok', 'broker_failed', 'launcher_gone'] satisfies HandoffResult[]) this.handoffs.inc({ result }, 0);
+    for (const result of ['ok', 'broker_failed', 'launcher_gone', 'refused'] satisfies ConnectionResult[]) this.handoffs.inc({ result }, 0);
     for (const result of ['handoff', 'passthrough', 'error']) this.allocations.inc({ result }, 0);
   }
 
-  handoff(result: HandoffResult, seconds: number): void {
+  handoff(result: ConnectionResult, seconds: number): void {
     this.handoffs.inc({ result });
     if (result === 'ok') this.handoffSeconds.observe(seconds);
   }

@@ -39,6 +39,19 @@ export class PodResources {
     return undefined;
   }
 
+  /** Every device id of our resource that some pod holds, or undefined if the API did not answer. */
+  async assignedDeviceIds(): Promise<Set<string> | undefined> {
+    const response = await this.list().catch(() => undefined);
+    if (!response) return undefined;
+    const assigned = new Set<string>();
+    for (const pod of response.podResources) {
+      for (const container of pod.containers) {
+        for (const devices of container.devices) if (devices.resourceName === this.resourceName) for (const id of devices.deviceIds) assigned.add(id);
+      }
+    }
+    return assigned;
+  }
+
   close(): void {
     this.client.close();
   }
