@@ -76,7 +76,8 @@ export function parseCommandLine<Table extends OptionTable>(
     const [text, source] =
       flagValue !== undefined
         ? [flagValue, `--${spec.flag}`]
-        : envValue !== undefined && envValue !== ''
+        : // A variable set to the empty string means the empty value (e.g. no SELinux label), not "unset".
+          envValue !== undefined
           ? [envValue, spec.env]
           : [spec.default, 'default'];
     if (text === undefined) throw new ConfigError(`--${spec.flag} (or ${spec.env}) is required`);
