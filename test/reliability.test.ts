@@ -16,6 +16,8 @@ import type { AdmittedPod } from './kubelet-simulator/kubelet-simulator';
 import { startBroker } from './support/broker-process';
 import { fakeKernel, type FakeKernel, runningAsRoot } from './support/fake-kernel';
 import { LocalNode } from './support/local-node';
+import { settle } from './support/process-figures';
+import { RawConnection } from './support/raw-connection';
 import { scratchDir } from './support/scratch-dir';
 
 const stateFile = (node: LocalNode) => join(node.socketDir, '.kubelet-bridge-state.json');
@@ -192,6 +194,26 @@ describe('shutdown and floods', () => {
     for (const socket of flood) socket.destroy();
     await sleep(300);
     assert.ok(node.bridge.fdCount() <= fdsBefore + 2);
+  });
+
+  it('closes launchers queued behind the one that got the fd at once, and holds none of their connections', async () => {
+    // Found by scripts/fuzz: the socket waited for its queued connections before moving on, and they waited for it.
+    const pod = await node.admit();
+    const fdsBefore = node.bridge.fdCount();
+    const connections = await Promise.all(Array.from({ length: 4 }, () => RawConnection.open(handoffPath(pod), 3000)));
+    try {
+      const reads = await Promise.all(connections.map((c) => c.readOnce(3000)));
+      const fds = reads.flatMap((r) => (typeof r === 'object' && 'fd' in r && r.fd !== null ? [r.fd] : []));
+      fds.forEach((fd) => closeFd(fd));
+      assert.equal(fds.length, 1, `one of four launchers gets the fd: ${JSON.stringify(reads.map((r) => (typeof r === 'string' ? r : 'fd' in r ? 'fd' : r.error)))}`);
+      assert.ok(!reads.includes('timeout'), 'every other launcher is closed, none left waiting');
+    } finally {
+      await Promise.all(connections.map((c) => c.close()));
+    }
+    const { allocationId } = await node.bridge.waitForLog((l) => l.event === 'allocate' && l.hostPath === handoffPath(pod));
+    await node.bridge.waitForLog((l) => l.event === 'handoff' && l.result === 'ok' && l.allocationId === allocationId, 3000);
+    assert.equal(existsSync(handoffPath(pod)), false, 'the used socket is gone');
+    assert.ok(await settle(() => node.bridge.fdCount() <= fdsBefore, 3000), `the bridge holds ${node.bridge.fdCount()} fds, ${fdsBefore} before`);
   });
 });
 

@@ -83,14 +83,20 @@ export class HandoffSocket {
     if (this.options.selinuxLabel !== '') setSelinuxLabel(this.path, this.options.selinuxLabel);
   }
 
-  /** Stops listening and removes the socket file. Safe to call more than once. */
+  /**
+   * Stops listening and removes the socket file. Safe to call more than once.
+   * Connections still queued behind the one that got the fd are closed
+   * without one as their turn comes.
+   */
   async retire(): Promise<void> {
     if (this.retired) return;
     this.retired = true;
     this.accepting = false;
-    // server.close() unlinks the path itself, but only after its callback; remove it first so no new launcher finds it.
+    // Remove the path first so no new launcher finds it. Not waiting for
+    // close()'s callback: it waits for every open connection, and in `once`
+    // mode the queued ones wait for us, so that would hang until they gave up.
     removeSocketFile(this.path);
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.close();
     this.options.onRetired(this);
   }
 
@@ -159,7 +165,6 @@ export class HandoffSocket {
     }
     const { hooks } = this.options;
     const peer = readPeer(connection);
-    const pod = hooks.podHolding(this.allocation.deviceIds);
     const outcome = await this.sendContext(connection);
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     hooks.observe(outcome.result, seconds);
@@ -174,7 +179,9 @@ export class HandoffSocket {
       if (outcome.result === 'broker_failed') hooks.brokerFailed();
     }
 
-    // The log line waits for the pod's name; the handoff itself does not.
+    // The log line waits for the pod's name; the handoff itself does not, so
+    // the lookup (a List call to the kubelet) starts only after the fd is sent.
+    const pod = hooks.podHolding(this.allocation.deviceIds);
     const fields = {
       event: 'handoff',
       result: outcome.result,
