@@ -26,23 +26,6 @@ export interface TargetResult {
   failures: string[];
 }
 
-/** Counts by name, printed as `a=1 b=2`. */
-export class Tally {
-  private readonly counts = new Map<string, number>();
-
-  add(name: string, by = 1): void {
-    this.counts.set(name, (this.counts.get(name) ?? 0) + by);
-  }
-
-  get(name: string): number {
-    return this.counts.get(name) ?? 0;
-  }
-
-  toString(): string {
-    if (this.counts.size === 0) return '(none)';
-    return [...this.counts].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k}=${v}`).join(' ');
-  }
-}
 
 export const mib = (kib: number): string => (kib / 1024).toFixed(1);
 

@@ -22,7 +22,8 @@ import { runCommand } from '../support/run-command';
 import { scratchDir } from '../support/scratch-dir';
 import { type BrokerCase, type BrokerLimits, drawBrokerCase, type Flood, type PlannedConnection } from './broker-cases';
 import { codeName, mismatch, parseReplies, predict, type ReplyContext, shapeProblems } from './broker-oracle';
-import { checkFdInLauncher, keepRunning, mib, reproduceHint, type RunLimits, Tally, type TargetResult } from './common';
+import { checkFdInLauncher, keepRunning, mib, reproduceHint, type RunLimits, type TargetResult } from './common';
+import { Tally } from '../support/tally';
 import { RawConnection } from '../support/raw-connection';
 import { frame, header } from './wire';
 

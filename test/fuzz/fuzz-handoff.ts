@@ -17,7 +17,8 @@ import type { LauncherReport } from '../support/launcher';
 import { LocalNode } from '../support/local-node';
 import { directoryCensus, fdCountOf, fdKindsOf, isAlive, rssKiBOf, settle, stableFdCount } from '../support/process-figures';
 import { Prng } from '../support/prng';
-import { checkFdInLauncher, keepRunning, mib, reproduceHint, type RunLimits, Tally, type TargetResult } from './common';
+import { checkFdInLauncher, keepRunning, mib, reproduceHint, type RunLimits, type TargetResult } from './common';
+import { Tally } from '../support/tally';
 import { RawConnection } from '../support/raw-connection';
 
 const ackTimeoutMs = 300;

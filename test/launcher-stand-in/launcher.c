@@ -163,10 +163,11 @@ int main(int argc, char **argv)
 		printf("{\"result\":\"no-fd\",\"dataBytes\":%zd,\"uid\":%d}\n", got, (int)geteuid());
 		return 1;
 	}
+	/* The fd is ours once received: a bridge gone by the time of the ACK does not spoil it. */
+	const char *ack_result = "not-sent";
 	if (o.ack) {
 		char ack = 1;
-		if (send(sock, &ack, 1, MSG_NOSIGNAL) < 0)
-			return fail("error", "send ack", errno);
+		ack_result = send(sock, &ack, 1, MSG_NOSIGNAL) < 0 ? errno_name(errno) : "ok";
 	}
 	close(sock);
 
@@ -187,9 +188,9 @@ int main(int argc, char **argv)
 		rlimit_option(fd, 1, &mode_after);
 	}
 	printf("{\"result\":\"ok\",\"dataBytes\":%zd,\"firstByte\":%d,\"target\":\"%s\",\"getErrno\":\"%s\","
-	       "\"rlimitMode\":%d,\"set\":\"%s\",\"rlimitModeAfterSet\":%d,\"uid\":%d,\"pid\":%d}\n",
+	       "\"rlimitMode\":%d,\"set\":\"%s\",\"rlimitModeAfterSet\":%d,\"ack\":\"%s\",\"uid\":%d,\"pid\":%d}\n",
 	       got, got > 0 ? (unsigned char)data[0] : -1, target, errno_name(get_err), get_err ? -1 : (int)mode,
-	       set_result, get_err ? -1 : (int)mode_after, (int)geteuid(), (int)getpid());
+	       set_result, get_err ? -1 : (int)mode_after, ack_result, (int)geteuid(), (int)getpid());
 	fflush(stdout);
 	if (o.hold_ms > 0)
 		sleep_ms(o.hold_ms);

@@ -19,6 +19,8 @@ export interface LauncherReport {
   rlimitMode?: number;
   set?: string;
   rlimitModeAfterSet?: number;
+  /** With --ack: "ok", or the errno name when the bridge had already closed. */
+  ack?: string;
   uid: number;
   step?: string;
   errno?: string;
