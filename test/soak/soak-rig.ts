@@ -29,6 +29,8 @@ export class SoakRig {
   readonly unexpectedExits: string[] = [];
   private readonly generations: Record<Service, ServiceProcess[]> = { broker: [], bridge: [] };
   private readonly stopped = new Set<ServiceProcess>();
+  /** When a bridge was killed with SIGKILL (Date.now()). */
+  private readonly bridgeKills: number[] = [];
 
   private constructor(readonly node: LocalNode) {
     this.adopt('broker', node.broker);
@@ -124,9 +126,19 @@ export class SoakRig {
     await this.node.stop();
   }
 
+  /**
+   * Whether a bridge was SIGKILLed since `sinceMs` (Date.now()). A bridge
+   * killed between sending an fd and writing its log line leaves no record
+   * of that handoff: nothing about it can be checked.
+   */
+  bridgeKilledSince(sinceMs: number): boolean {
+    return this.bridgeKills.some((at) => at >= sinceMs);
+  }
+
   private async stopService(service: Service, signal: StopSignal): Promise<void> {
     const process = this.current(service);
     this.stopped.add(process);
+    if (service === 'bridge' && signal === 'SIGKILL') this.bridgeKills.push(Date.now());
     const exit = await process.stop(signal);
     // SIGTERM is the orderly stop: both services promise to exit 0 (docs/OPERATIONS.md, "Shutdown").
     if (signal === 'SIGTERM' && exit.code !== 0) {

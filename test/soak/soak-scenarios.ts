@@ -45,6 +45,8 @@ interface Scenario {
   pod: AdmittedPod;
   /** The handoff socket on the host, as the kubelet would mount it. */
   path: string;
+  /** Date.now() when its launchers began. */
+  startedAt: number;
 }
 
 /** Runs one pod's life; problems go to the ledger as failures of "scenario <step> (<kind>)". */
@@ -61,7 +63,7 @@ export async function runScenario(rig: SoakRig, ledger: SoakLedger, step: number
     if (!response) throw new Error('the admitted pod has no container');
     // The container starts a little after admission (image pull, sandbox).
     await sleep(prng.int(0, 1500));
-    const scenario: Scenario = { rig, ledger, prng, pod, path: LocalNode.handoffPath(response) };
+    const scenario: Scenario = { rig, ledger, prng, pod, path: LocalNode.handoffPath(response), startedAt: Date.now() };
     const problem = await scenarioBody[kind](scenario);
     if (problem) ledger.fail(where, `${problem} [pod ${pod.name}, socket ${scenario.path}]`, fromMs);
   } catch (err) {
@@ -109,12 +111,15 @@ async function socketGone(path: string): Promise<boolean> {
  * Whether the allocation was used up by someone other than the well-behaved
  * launcher to come. In `once` mode the socket is removed in the same turn
  * as the fd is sent, so a socket that is gone while its pod lives means an
- * fd went out, and the bridge's log must say so.
+ * fd went out, and the bridge's log must say so ('unknown' when no line
+ * came and a bridge was SIGKILLed meanwhile: it may have died between the
+ * send and the log line).
  */
-async function usedUp(s: Scenario, allocationId: string | undefined): Promise<'no' | 'yes' | string> {
+async function usedUp(s: Scenario, allocationId: string | undefined): Promise<'no' | 'yes' | 'unknown' | string> {
   if (!(await socketGone(s.path))) return 'no';
   if (allocationId === undefined) return 'the socket is gone, and no bridge logged its allocation';
   if (await s.rig.handedOff(allocationId, handoffLogLagMs)) return 'yes';
+  if (s.rig.bridgeKilledSince(s.startedAt)) return 'unknown';
   return `the socket of allocation ${allocationId} is gone while its pod lives, and no bridge logged a successful handoff for it`;
 }
 
@@ -132,8 +137,8 @@ async function silentLauncher(s: Scenario): Promise<string | undefined> {
     await connection.close();
   }
   const verdict = await usedUp(s, allocationId);
-  if (verdict === 'yes') {
-    s.ledger.silent.add('fd-sent-unread');
+  if (verdict === 'yes' || verdict === 'unknown') {
+    s.ledger.silent.add(verdict === 'yes' ? 'fd-sent-unread' : 'unknown-bridge-killed');
     return undefined;
   }
   if (verdict !== 'no') return `after a silent launcher: ${verdict}`;
@@ -153,6 +158,10 @@ async function vanishingLaunchers(s: Scenario): Promise<string | undefined> {
     seen.push(what);
   }
   const verdict = await usedUp(s, allocationId);
+  if (verdict === 'unknown') {
+    s.ledger.vanishing.add('unknown-bridge-killed');
+    return undefined;
+  }
   if (verdict === 'yes') {
     // The documented race: the bridge sent the fd before the launcher's close reached it.
     s.ledger.vanishing.add('fd-sent-before-close');
