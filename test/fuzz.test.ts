@@ -19,15 +19,19 @@ function summaryOf(stdout: string, target: string): Record<string, string> {
   return Object.fromEntries([...line.matchAll(/([A-Za-z_-]+)=(\S+)/g)].map((m) => [m[1]!, m[2]!]));
 }
 
-it(`fuzzes the broker protocol and the handoff path (seed ${seed}, ${secondsPerTarget} s each): no crash, no leak, a clear error each time`, { timeout: 180_000 }, async (t) => {
-  const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+function runFuzz(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
     execFile(
       process.execPath,
-      [join(repoRoot, 'test', 'dist', 'fuzz', 'run-fuzz.js'), '--seed', seed, '--seconds', String(secondsPerTarget)],
+      [join(repoRoot, 'test', 'dist', 'fuzz', 'run-fuzz.js'), '--seed', seed, ...args],
       { timeout: 170_000, maxBuffer: 16 * 1024 * 1024 },
       (err, out, errOut) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout: out, stderr: errOut }),
     );
   });
+}
+
+it(`fuzzes the broker protocol and the handoff path (seed ${seed}, ${secondsPerTarget} s each): no crash, no leak, a clear error each time`, { timeout: 180_000 }, async (t) => {
+  const { code, stdout, stderr } = await runFuzz(['--seconds', String(secondsPerTarget)]);
   for (const line of stdout.trim().split('\n')) t.diagnostic(line);
   assert.equal(code, 0, `the fuzzers found a problem:\n${stdout}\n${stderr}`);
   assert.match(stdout, new RegExp(`^fuzz: PASSED seed=${seed}$`, 'm'));
@@ -43,4 +47,15 @@ it(`fuzzes the broker protocol and the handoff path (seed ${seed}, ${secondsPerT
   assert.ok(Number(handoffRun['well-behaved-launchers-ok']) > 10, 'well-behaved launchers were served between hostile ones');
   assert.match(stdout, /bridge fds start=(\d+) end=\1 /, 'the bridge ends with the fds it started with');
   assert.match(stdout, /handoff sockets left=0 /);
+});
+
+it(`fuzzes the handoff path with --handoff-mode per-connection (seed ${seed}, 8 s)`, { timeout: 120_000 }, async (t) => {
+  const { code, stdout, stderr } = await runFuzz(['--target', 'handoff', '--handoff-mode', 'per-connection', '--seconds', '8']);
+  for (const line of stdout.trim().split('\n')) t.diagnostic(line);
+  assert.equal(code, 0, `the fuzzer found a problem:\n${stdout}\n${stderr}`);
+  const run = summaryOf(stdout, 'handoff');
+  assert.equal(run.mode, 'per-connection');
+  assert.ok(Number(run.iterations) > 5, `the handoff fuzzer ran ${run.iterations} iterations`);
+  assert.match(stdout, /bridge fds start=(\d+) end=\1 /, 'the bridge ends with the fds it started with');
+  assert.match(stdout, /handoff sockets left=0 /, 'the sockets of deleted pods are reclaimed');
 });

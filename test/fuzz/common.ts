@@ -14,6 +14,8 @@ export interface RunLimits {
   /** Leave these cases out of the draw. */
   skip: readonly string[];
   keepGoing: boolean;
+  /** The bridge's --handoff-mode for the handoff target. */
+  handoffMode: 'once' | 'per-connection';
   verbose: boolean;
   log: (line: string) => void;
 }
@@ -39,7 +41,13 @@ export function keepRunning(limits: RunLimits, startedAt: number, done: number):
 
 export function reproduceHint(target: string, run: RunLimits, iteration: number): string {
   const draw = run.only ? ` --case ${run.only}` : run.skip.length > 0 ? ` --skip ${run.skip.join(',')}` : '';
-  return `reproduce: scripts/fuzz --target ${target} --seed ${run.seed} --from-iteration ${iteration} --iterations 1${draw}`;
+  const mode = target === 'handoff' ? modeArgument(run) : '';
+  return `reproduce: scripts/fuzz --target ${target} --seed ${run.seed} --from-iteration ${iteration} --iterations 1${draw}${mode}`;
+}
+
+/** The --handoff-mode argument that reproduces a run, when it is not the default. */
+export function modeArgument(run: RunLimits): string {
+  return run.handoffMode === 'once' ? '' : ` --handoff-mode ${run.handoffMode}`;
 }
 
 /** The launcher stand-in's verdict on an fd: undefined when it is a good context. Does not close `fd`. */

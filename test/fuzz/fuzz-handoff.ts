@@ -2,9 +2,11 @@
  * Fuzzes the handoff path: a whole pretend node (LocalNode: kernel stand-in,
  * real broker and bridge, kubelet simulator) whose allocation sockets get
  * hostile launchers: bytes before and after reading, early closes, clients
- * that never read, floods of data, many connections to a once-mode socket.
- * Each iteration checks that both services live, that a once-mode socket
- * gave at most one fd (and, while it remains, still gives one), and that a
+ * that never read, floods of data, many connections to one socket. Each
+ * iteration checks that both services live, that a socket handed out fds as
+ * its handoff mode says (`once`: at most one, and the socket goes with it;
+ * `per-connection`: one per served connection, and the socket stays while
+ * the pod lives), that a socket still there still gives an fd, and that a
  * well-behaved launcher on a fresh allocation gets a good context. The end
  * checks fds, sockets and memory against the start.
  */
@@ -17,11 +19,13 @@ import type { LauncherReport } from '../support/launcher';
 import { LocalNode } from '../support/local-node';
 import { directoryCensus, fdCountOf, fdKindsOf, isAlive, rssKiBOf, settle, stableFdCount } from '../support/process-figures';
 import { Prng } from '../support/prng';
-import { checkFdInLauncher, keepRunning, mib, reproduceHint, type RunLimits, type TargetResult } from './common';
+import { checkFdInLauncher, keepRunning, mib, modeArgument, reproduceHint, type RunLimits, type TargetResult } from './common';
 import { Tally } from '../support/tally';
 import { RawConnection } from '../support/raw-connection';
 
 const ackTimeoutMs = 300;
+/** Short, so that the sockets of deleted pods are gone by the end's census. */
+const reclaimIntervalMs = 500;
 const checkEvery = 10;
 
 interface HostileOutcome {
@@ -32,6 +36,7 @@ interface HostileOutcome {
 
 interface Context {
   node: LocalNode;
+  mode: RunLimits['handoffMode'];
   tally: Tally;
   counters: { connections: number; fdsToHostile: number; fdsChecked: number };
 }
@@ -179,7 +184,10 @@ const actions: Array<readonly [number, string, Action]> = [
       const reads = await Promise.all(conns.map((c) => readOne(ctx, c, 5000)));
       const fds = reads.filter((r) => r.fd).length;
       const problems = reads.flatMap((r) => r.problems);
-      if (fds !== 1) problems.push(`${count} readers on a once-mode socket received ${fds} fds (${reads.map((r) => r.what).join(',')})`);
+      const outcomes = reads.map((r) => r.what).join(',');
+      // Past the per-socket cap (4 at once) connections are refused, so per-connection serves at least one, at most all.
+      if (ctx.mode === 'once' ? fds !== 1 : fds < 1) problems.push(`${count} readers on a ${ctx.mode} socket received ${fds} fds (${outcomes})`);
+      if (reads.some((r) => r.what === 'timeout')) problems.push(`a reader was left waiting: neither an fd nor a close within 5 s (${outcomes})`);
       return { fds, problems };
     } finally {
       await Promise.all(conns.map((c) => c.close()));
@@ -233,8 +241,9 @@ const actions: Array<readonly [number, string, Action]> = [
 export const handoffActionNames: readonly string[] = actions.map(([, name]) => name);
 
 export async function fuzzHandoff(run: RunLimits): Promise<TargetResult> {
-  const node = await LocalNode.start({ deviceCount: 32, bridgeArgs: ['--ack-timeout-ms', String(ackTimeoutMs)] });
-  const ctx: Context = { node, tally: new Tally(), counters: { connections: 0, fdsToHostile: 0, fdsChecked: 0 } };
+  const mode = run.handoffMode;
+  const node = await LocalNode.start({ deviceCount: 32, bridgeArgs: ['--ack-timeout-ms', String(ackTimeoutMs), '--handoff-mode', mode, '--reclaim-interval-ms', String(reclaimIntervalMs)] });
+  const ctx: Context = { node, mode, tally: new Tally(), counters: { connections: 0, fdsToHostile: 0, fdsChecked: 0 } };
   const failures: string[] = [];
   const actionsRun = new Tally();
   let launchersOk = 0;
@@ -286,14 +295,16 @@ export async function fuzzHandoff(run: RunLimits): Promise<TargetResult> {
         const allocationId = (await bridge.waitForLog((l) => l.event === 'allocate' && l.hostPath === path, 5000)).allocationId as string;
         const outcome = await action(ctx, path, prng);
         problems.push(...outcome.problems);
-        if (outcome.fds > 1) problems.push(`a once-mode socket gave ${outcome.fds} fds`);
-        // What is left of the allocation: a socket that must still serve, or a logged handoff.
+        if (mode === 'once' && outcome.fds > 1) problems.push(`a once-mode socket gave ${outcome.fds} fds`);
+        // What is left of the allocation: a socket that must still serve, or (once mode) a logged handoff.
         await sleep(30);
         if (existsSync(path)) {
-          if (outcome.fds > 0) problems.push('the socket is still there after it gave its fd');
+          if (mode === 'once' && outcome.fds > 0) problems.push('the socket is still there after it gave its fd');
           const problem = await launchWell(victim, prng);
           if (problem) problems.push(`the allocation was not used up by the hostile client, yet: ${problem}`);
           else leftoverServed++;
+        } else if (mode === 'per-connection') {
+          problems.push(`the per-connection socket of allocation ${allocationId} is gone while its pod lives`);
         } else {
           const handed = await bridge
             .waitForLog((l) => l.event === 'handoff' && l.result === 'ok' && l.allocationId === allocationId, 3000)
@@ -330,6 +341,8 @@ export async function fuzzHandoff(run: RunLimits): Promise<TargetResult> {
       figures.brokerFds = fdCountOf(broker.pid);
       figures.bridgeRss = rssKiBOf(bridge.pid);
       figures.brokerRss = rssKiBOf(broker.pid);
+      // Sockets a launcher did not use up go when the bridge sees their pod gone.
+      await settle(() => directoryCensus(node.socketDir).sockets === 0, reclaimIntervalMs * 4);
       const census = directoryCensus(node.socketDir);
       figures.sockets = census.sockets;
       if (figures.bridgeFds > start.bridgeFds) end.push(`the bridge holds ${figures.bridgeFds} fds, ${start.bridgeFds} at the start: ${JSON.stringify(fdKindsOf(bridge.pid))}`);
@@ -347,12 +360,12 @@ export async function fuzzHandoff(run: RunLimits): Promise<TargetResult> {
       end.push(exited);
     }
     if (end.length > 0) {
-      const text = `FAIL fuzz handoff seed=${run.seed} at the end (after ${iterations} iterations):\n    ${end.join('\n    ')}\n  reproduce: scripts/fuzz --target handoff --seed ${run.seed} --iterations ${iterations}`;
+      const text = `FAIL fuzz handoff seed=${run.seed} at the end (after ${iterations} iterations):\n    ${end.join('\n    ')}\n  reproduce: scripts/fuzz --target handoff --seed ${run.seed} --iterations ${iterations}${modeArgument(run)}`;
       run.log(text);
       failures.push(text);
     }
     const summary =
-      `fuzz handoff: ${failures.length === 0 ? 'ok' : 'FAILED'} seed=${run.seed} iterations=${iterations} connections=${ctx.counters.connections} ` +
+      `fuzz handoff: ${failures.length === 0 ? 'ok' : 'FAILED'} mode=${mode} seed=${run.seed} iterations=${iterations} connections=${ctx.counters.connections} ` +
       `fds-to-hostile-clients=${ctx.counters.fdsToHostile} (launcher-checked ${ctx.counters.fdsChecked}) well-behaved-launchers-ok=${launchersOk} ` +
       `(of which on sockets a hostile client left unused: ${leftoverServed}) | hostile outcomes: ${ctx.tally} | ` +
       `bridge fds start=${start.bridgeFds} end=${figures.bridgeFds} | broker fds start=${start.brokerFds} end=${figures.brokerFds} | ` +

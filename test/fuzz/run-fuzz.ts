@@ -11,7 +11,7 @@ import { fuzzBroker } from './fuzz-broker';
 import { fuzzHandoff } from './fuzz-handoff';
 
 const usage = `usage: scripts/fuzz [--target broker|handoff|all] [--seed N] [--seconds N | --iterations N] [--long]
-                    [--from-iteration N] [--case NAME] [--keep-going] [--verbose]
+                    [--from-iteration N] [--case NAME] [--handoff-mode once|per-connection] [--keep-going] [--verbose]
   --seconds N         run each target for about N seconds (default 10)
   --iterations N      run each target for N iterations (with --seconds: whichever ends first)
   --long              --seconds 600
@@ -19,12 +19,13 @@ const usage = `usage: scripts/fuzz [--target broker|handoff|all] [--seed N] [--s
   --from-iteration N  start at iteration N: with the same seed, iteration N gets the same input
   --case NAME         only this kind of input (names in the summary's "cases:")
   --skip A,B          leave these kinds of input out
+  --handoff-mode M    the bridge's handoff mode for the handoff target (default once)
   --keep-going        do not stop at the first failing iteration`;
 
 async function main(argv: readonly string[]): Promise<number> {
   let args: CliArgs;
   try {
-    args = new CliArgs(argv, ['target', 'seed', 'seconds', 'iterations', 'from-iteration', 'case', 'skip'], ['long', 'keep-going', 'verbose', 'help']);
+    args = new CliArgs(argv, ['target', 'seed', 'seconds', 'iterations', 'from-iteration', 'case', 'skip', 'handoff-mode'], ['long', 'keep-going', 'verbose', 'help']);
   } catch (err) {
     process.stderr.write(`${(err as Error).message}\n${usage}\n`);
     return 2;
@@ -36,6 +37,11 @@ async function main(argv: readonly string[]): Promise<number> {
   const target = args.string('target') ?? 'all';
   if (!['broker', 'handoff', 'all'].includes(target)) {
     process.stderr.write(`--target must be broker, handoff or all\n${usage}\n`);
+    return 2;
+  }
+  const handoffMode = args.string('handoff-mode') ?? 'once';
+  if (handoffMode !== 'once' && handoffMode !== 'per-connection') {
+    process.stderr.write(`--handoff-mode must be once or per-connection\n${usage}\n`);
     return 2;
   }
   let limits: RunLimits;
@@ -50,6 +56,7 @@ async function main(argv: readonly string[]): Promise<number> {
       only: args.string('case'),
       skip: (args.string('skip') ?? '').split(',').filter(Boolean),
       keepGoing: args.flag('keep-going'),
+      handoffMode,
       verbose: args.flag('verbose'),
       log: (line) => process.stdout.write(`${line}\n`),
     };
