@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { execFileSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -248,7 +248,7 @@ describe('fd-broker under a flood and with planted files', () => {
     mkdirSync(dir);
     const linked = join(dir, 'nodes');
     symlinkSync(victim, linked);
-    const b = await startBroker(kernel, dir, { args: ['--node-dir', linked] });
+    const b = await startBroker(kernel, dir, { args: ['--node-dir', linked, '--open-strategy', 'temporary-node'] });
     try {
       await assert.rejects(openContext(b.socketPath, { allocationId: 'x', timeoutMs: 5000 }), /is a symlink, which the broker refuses to follow \((ENOTDIR|ELOOP)\)/);
       assert.deepEqual(readdirSync(victim), []);
@@ -269,6 +269,26 @@ describe('bridge state file safety', () => {
       assert.equal(readFileSync(victim, 'utf8'), 'precious');
       assert.equal(lstatSync(stateFile(node)).isFile(), true);
       assert.equal(savedIds(node).length, 1);
+    } finally {
+      await node.stop();
+    }
+  });
+
+  it('refuses an Allocate it cannot persist, says why, and saves again once it can', async () => {
+    const node = await LocalNode.start({ deviceCount: 3 });
+    try {
+      // A directory where the temporary file goes: the write fails (and the bridge must not remove it).
+      const obstacle = `${stateFile(node)}.tmp`;
+      mkdirSync(obstacle);
+      await assert.rejects(node.admit(), /could not save the allocation state/);
+      const failure = await node.bridge.waitForEvent('state_save_failed');
+      assert.match(String(failure.reason), /EEXIST|EISDIR|EPERM/);
+      assert.equal(existsSync(obstacle), true);
+      assert.deepEqual(socketsIn(node.socketDir), [], 'the refused allocation left no socket');
+      rmdirSync(obstacle);
+      const pod = await node.admit();
+      assert.deepEqual(savedIds(node), socketsIn(node.socketDir).map((name) => name.replace(/^iommufd-|\.sock$/g, '')));
+      assert.equal((await node.launch(pod)).rlimitMode, 1);
     } finally {
       await node.stop();
     }

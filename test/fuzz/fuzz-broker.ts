@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { brokerStatus, openContext } from '@iommufd-plugin/common';
 import { closeFd } from '@iommufd-plugin/native';
 import { broker } from '@iommufd-plugin/proto';
-import { startBroker, type BrokerUnderTest } from '../support/broker-process';
+import { defaultStrategy, startBroker, type BrokerUnderTest } from '../support/broker-process';
 import { fakeKernel } from '../support/fake-kernel';
 import { fdBrokerBin } from '../support/paths';
 import { fdCountOf, fdKindsOf, isAlive, rssKiBOf, settle, stableFdCount } from '../support/process-figures';
@@ -72,7 +72,7 @@ export async function fuzzBroker(run: RunLimits): Promise<TargetResult> {
     void b.process.exit().then(({ code, signal }) => (exited = `the broker exited (code ${code}, signal ${signal}); stderr: ${b.process.stderr.slice(-2000)}`));
     const context: ReplyContext = {
       devicePath: kernel.devicePath,
-      strategy: broker.OpenStrategy.OPEN_STRATEGY_TEMPORARY_NODE,
+      strategy: defaultStrategy === 'temporary-node' ? broker.OpenStrategy.OPEN_STRATEGY_TEMPORARY_NODE : broker.OpenStrategy.OPEN_STRATEGY_DIRECT,
     };
     const pid = b.process.pid;
     const state: RunState = { kernel, dir: scratch.path, socketPath: b.socketPath, context, counters, pid };

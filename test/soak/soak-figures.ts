@@ -13,7 +13,7 @@
  */
 import { lstatSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { directoryCensus, fdCountOf, fdKindsOf, rssKiBOf, settle, stableFdCount } from '../support/process-figures';
+import { directoryCensus, fdCountOf, fdKindsOf, rssKiBOf, settle, stableFdCount, unixSocketsOf } from '../support/process-figures';
 import type { FiguresSummary, ServiceFigures, ServiceSeries } from './soak-report';
 import { type Service, type SoakRig, reclaimIntervalMs } from './soak-rig';
 
@@ -80,6 +80,8 @@ export class SoakFigures {
     const settled = () => services.every((service) => fdCountOf(this.rig.current(service).pid) <= this.series[service].baseline.fds);
     await settle(settled, 5000);
     this.sockets.end = directoryCensus(this.rig.node.socketDir).sockets;
+    // The bridge may be saving its state right now (a temporary file, renamed once synced).
+    await settle(() => strayEntries(this.rig.node.socketDir).length === 0, 2000);
     this.sockets.strayEntries = strayEntries(this.rig.node.socketDir);
     if (this.sockets.strayEntries.length > 0) problems.push(`left in the socket directory: ${this.sockets.strayEntries.join(', ')}`);
     for (const service of services) {
@@ -137,7 +139,8 @@ function waitForNoSockets(rig: SoakRig): Promise<boolean> {
 function growthProblems(service: Service, baseline: ServiceFigures, end: ServiceFigures, rig: SoakRig): string[] {
   const problems: string[] = [];
   if (end.fds > baseline.fds) {
-    problems.push(`the ${service} holds ${end.fds} fds, ${baseline.fds} at the baseline: ${JSON.stringify(fdKindsOf(rig.current(service).pid))}`);
+    const pid = rig.current(service).pid;
+    problems.push(`the ${service} holds ${end.fds} fds, ${baseline.fds} at the baseline: ${JSON.stringify(fdKindsOf(pid))}; its sockets: ${unixSocketsOf(pid).join(', ')}`);
   }
   const rssLimit = baseline.rssKiB + Math.max(rssSlackKiB, baseline.rssKiB * 0.5);
   if (end.rssKiB > rssLimit) {

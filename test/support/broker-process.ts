@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import type { FakeKernel } from './fake-kernel';
+import { type FakeKernel, runningAsRoot } from './fake-kernel';
 import { fdBrokerBin } from './paths';
 import { ServiceProcess } from './service-process';
 
@@ -7,6 +7,13 @@ export interface BrokerUnderTest {
   process: ServiceProcess;
   socketPath: string;
 }
+
+/**
+ * The open strategy a test broker uses unless told otherwise: temporary
+ * nodes need mknod (CAP_MKNOD), and as a normal user the stand-in device is a
+ * plain file, which only the direct strategy accepts.
+ */
+export const defaultStrategy = runningAsRoot ? 'temporary-node' : 'direct';
 
 /**
  * Starts the real fd-broker on the kernel stand-in, listening in `dir`, and
@@ -20,8 +27,8 @@ export async function startBroker(
   const socketPath = join(dir, 'broker.sock');
   const privilegedUids = options.privilegedUids === undefined ? [0] : options.privilegedUids;
   const env = kernel.env(privilegedUids ? { privilegedUids } : {});
-  // Port 0: a free port each, so brokers never collide; a later --http-port in args wins.
-  const args = ['--socket', socketPath, '--device', kernel.devicePath, '--node-dir', dir, '--http-port', '0', ...(options.args ?? [])];
+  // Port 0: a free port each, so brokers never collide; a later --http-port (or --open-strategy) in args wins.
+  const args = ['--socket', socketPath, '--device', kernel.devicePath, '--node-dir', dir, '--open-strategy', defaultStrategy, '--http-port', '0', ...(options.args ?? [])];
   const process = new ServiceProcess(fdBrokerBin, args, env);
   if (options.waitForListening !== false) await process.waitForEvent('listening');
   return { process, socketPath };

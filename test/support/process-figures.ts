@@ -49,6 +49,23 @@ export function fdKindsOf(pid: number): Record<string, number> {
   return kinds;
 }
 
+/**
+ * The unix sockets a process holds, each as "inode path/state" from
+ * /proc/net/unix: for a failure message that must say which socket leaked.
+ */
+export function unixSocketsOf(pid: number): string[] {
+  const table = new Map<string, string>();
+  for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
+    const fields = line.trim().split(/\s+/);
+    // Num RefCount Protocol Flags Type St Inode [Path]
+    if (fields.length >= 7) table.set(fields[6]!, `${fields[7] ?? '(unnamed)'} st=${fields[5]}`);
+  }
+  return fdTargetsOf(pid)
+    .map((target) => /^socket:\[(\d+)\]$/.exec(target)?.[1])
+    .filter((inode): inode is string => inode !== undefined)
+    .map((inode) => `${inode} ${table.get(inode) ?? '(not unix)'}`);
+}
+
 export function rssKiBOf(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);

@@ -39,7 +39,8 @@ export class AllocationState {
   /** Saves `allocations`; concurrent calls are coalesced and the last one wins. Resolves once it is on disk. */
   save(allocations: readonly Allocation[]): Promise<void> {
     this.latest = allocations;
-    this.writing = this.writing.then(() => this.flush());
+    // A failed write is reported to its caller and must not stop the ones after it.
+    this.writing = this.writing.catch(() => undefined).then(() => this.flush());
     return this.writing;
   }
 
