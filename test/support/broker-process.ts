@@ -15,9 +15,12 @@ export interface BrokerUnderTest {
  */
 export const defaultStrategy = runningAsRoot ? 'temporary-node' : 'direct';
 
+const ownUid = process.geteuid?.() ?? 0;
+
 /**
  * Starts the real fd-broker on the kernel stand-in, listening in `dir`, and
- * waits until it serves. By default root counts as holding CAP_SYS_RESOURCE.
+ * waits until it serves. By default the stand-in counts our own uid (root in
+ * CI) as holding CAP_SYS_RESOURCE, as it does for LocalNode's broker.
  */
 export async function startBroker(
   kernel: FakeKernel,
@@ -25,7 +28,7 @@ export async function startBroker(
   options: { args?: string[]; privilegedUids?: number[] | null; waitForListening?: boolean } = {},
 ): Promise<BrokerUnderTest> {
   const socketPath = join(dir, 'broker.sock');
-  const privilegedUids = options.privilegedUids === undefined ? [0] : options.privilegedUids;
+  const privilegedUids = options.privilegedUids === undefined ? [ownUid] : options.privilegedUids;
   const env = kernel.env(privilegedUids ? { privilegedUids } : {});
   // Port 0: a free port each, so brokers never collide; a later --http-port (or --open-strategy) in args wins.
   const args = ['--socket', socketPath, '--device', kernel.devicePath, '--node-dir', dir, '--open-strategy', defaultStrategy, '--http-port', '0', ...(options.args ?? [])];
