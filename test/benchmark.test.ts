@@ -4,12 +4,12 @@
  * here; docs/BENCHMARKS.md has the figures of a full run.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { it } from 'node:test';
 import type { Row, ScalingRow, Target } from './bench/report';
 import { repoRoot } from './support/paths';
+import { runCommand } from './support/run-command';
 import { scratchDir } from './support/scratch-dir';
 
 interface BenchmarkJson {
@@ -46,14 +46,8 @@ it('the benchmark runs (--quick) and prints every figure, each against the C ref
   const scratch = scratchDir('iommufd-bench-test');
   try {
     const jsonFile = join(scratch.path, 'bench.json');
-    const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-      execFile(
-        process.execPath,
-        [join(repoRoot, 'test', 'dist', 'bench', 'run-benchmark.js'), '--quick', '--json', jsonFile],
-        { timeout: 230_000, maxBuffer: 16 * 1024 * 1024 },
-        (err, out, errOut) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout: out, stderr: errOut }),
-      );
-    });
+    const benchmark = join(repoRoot, 'test', 'dist', 'bench', 'run-benchmark.js');
+    const { code, stdout, stderr } = await runCommand(process.execPath, [benchmark, '--quick', '--json', jsonFile], process.env, 230_000);
     assert.equal(code, 0, `the benchmark failed:\n${stdout}\n${stderr}`);
     assert.match(stdout, /^machine: .+, \d+ cores, .+ GiB, Linux .+, Node v\d+/m);
 

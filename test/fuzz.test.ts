@@ -5,10 +5,10 @@
  * than it started with; its summary is printed with the test's output.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { it } from 'node:test';
 import { repoRoot } from './support/paths';
+import { type CommandResult, runCommand } from './support/run-command';
 
 const seed = process.env.FUZZ_SEED ?? '20261204';
 const secondsPerTarget = 12;
@@ -19,15 +19,8 @@ function summaryOf(stdout: string, target: string): Record<string, string> {
   return Object.fromEntries([...line.matchAll(/([A-Za-z_-]+)=(\S+)/g)].map((m) => [m[1]!, m[2]!]));
 }
 
-function runFuzz(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [join(repoRoot, 'test', 'dist', 'fuzz', 'run-fuzz.js'), '--seed', seed, ...args],
-      { timeout: 170_000, maxBuffer: 16 * 1024 * 1024 },
-      (err, out, errOut) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout: out, stderr: errOut }),
-    );
-  });
+function runFuzz(args: string[]): Promise<CommandResult> {
+  return runCommand(process.execPath, [join(repoRoot, 'test', 'dist', 'fuzz', 'run-fuzz.js'), '--seed', seed, ...args], process.env, 170_000);
 }
 
 it(`fuzzes the broker protocol and the handoff path (seed ${seed}, ${secondsPerTarget} s each): no crash, no leak, a clear error each time`, { timeout: 180_000 }, async (t) => {

@@ -5,24 +5,17 @@
  * figures are printed so that they show in the CI output.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { it } from 'node:test';
 import { repoRoot } from './support/paths';
+import { type CommandResult, runCommand } from './support/run-command';
 
 const seed = 20240601;
 /** Restarts come in the first three quarters: 18 s leave room for at least one of each kind. */
 const seconds = 24;
 
-function runSoak(): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [join(repoRoot, 'test', 'dist', 'soak', 'run-soak.js'), '--seconds', String(seconds), '--seed', String(seed)],
-      { timeout: 110_000, maxBuffer: 16 * 1024 * 1024 },
-      (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout, stderr }),
-    );
-  });
+function runSoak(): Promise<CommandResult> {
+  return runCommand(process.execPath, [join(repoRoot, 'test', 'dist', 'soak', 'run-soak.js'), '--seconds', String(seconds), '--seed', String(seed)], process.env, 110_000);
 }
 
 /** The numbers a summary line shows, by name: "ok=12/12 retried=3" → {ok: 12, retried: 3}. */
