@@ -5,6 +5,8 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { existsSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { deviceplugin, podresources } from '@iommufd-plugin/proto';
@@ -638,5 +640,38 @@ describe('kubelet simulator: as its own process', TIMEOUT, () => {
       await proc.stop('SIGKILL');
       scratch.cleanup();
     }
+  });
+
+  it('with --admit-pods, admits that many pods once the resource has healthy devices, one per interval', async () => {
+    const scratch = scratchDir('kubelet-sim-admit');
+    const dir = join(scratch.path, 'device-plugins');
+    const podSocket = join(scratch.path, 'pod-resources', 'kubelet.sock');
+    const main = join(__dirname, 'kubelet-simulator', 'main.js');
+    const args = ['--device-plugins-dir', dir, '--pod-resources-socket', podSocket, '--resource-name', RES, '--admit-pods', '2', '--admit-interval-ms', '100'];
+    const proc = new ServiceProcess(process.execPath, [main, ...args], process.env);
+    const plugin = new FakePlugin(dir);
+    try {
+      await proc.waitForEvent('serving');
+      await sleep(300);
+      assert.equal(proc.logs.some((l) => l.event === 'pod_admitted'), false, 'nothing is admitted before the resource has devices');
+      await plugin.serve();
+      await registerWith(dir);
+      const admitted = await proc.waitForCount((l) => l.event === 'pod_admitted', 2);
+      assert.deepEqual(admitted.map((l) => l.pod), ['vm-1', 'vm-2']);
+      assert.equal(plugin.calls.allocate.length, 2, 'each admission called Allocate');
+      await sleep(300);
+      assert.equal(proc.logs.filter((l) => l.event === 'pod_admitted').length, 2, 'no more than asked for');
+      assert.deepEqual(await proc.stop('SIGTERM'), { code: 0, signal: null });
+    } finally {
+      plugin.close();
+      await proc.stop('SIGKILL');
+      scratch.cleanup();
+    }
+  });
+
+  it('refuses a bad --admit-pods with exit code 2', async () => {
+    const run = spawnSync(process.execPath, [join(__dirname, 'kubelet-simulator', 'main.js'), '--admit-pods', 'many'], { encoding: 'utf8' });
+    assert.equal(run.status, 2);
+    assert.match(run.stderr, /--admit-pods must be a whole number/);
   });
 });

@@ -715,7 +715,7 @@ describe('docker-compose.yml', () => {
       const install = spawnSync('sh', ['-c', 'apt-get install -y acl || (apt-get update && apt-get install -y acl)'], { stdio: 'ignore', timeout: 300_000 });
       assert.equal(install.status, 0, 'host-access needs setfacl, and `apt-get install -y acl` failed; install the acl package');
     }
-    const run = new ComposeRun(composeConfig({ DEMO_PODS: '2', DEMO_ADMIT_INTERVAL_SECONDS: '1' }));
+    const run = new ComposeRun(composeConfig({ DEMO_PODS: '2', DEMO_ADMIT_INTERVAL_MS: '1000' }));
     try {
       await run.start();
       const reports = await run.waitForLaunches(2, 40_000);
