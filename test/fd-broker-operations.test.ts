@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BrokerReplyError, brokerStatus, encodeFrame, openContext } from '@iommufd-plugin/common';
 import { closeFd } from '@iommufd-plugin/native';
 import { broker } from '@iommufd-plugin/proto';
-import { startBroker, type BrokerUnderTest } from './support/broker-process';
+import { defaultStrategy, startBroker, type BrokerUnderTest } from './support/broker-process';
 import { fakeKernel, type FakeKernel, runningAsRoot } from './support/fake-kernel';
 import { serveFd } from './support/fd-server';
 import { fdBrokerBin, repoRoot } from './support/paths';
@@ -24,8 +24,8 @@ import { scratchDir } from './support/scratch-dir';
 import type { ServiceProcess } from './support/service-process';
 
 const ownUid = process.geteuid?.() ?? 0;
-// mknod (the temporary-node strategy) needs CAP_MKNOD; as a normal user the stand-in device is a plain file.
-const strategyArgs = runningAsRoot ? [] : ['--open-strategy', 'direct'];
+// For the selftest command, which does not go through startBroker.
+const strategyArgs = ['--open-strategy', defaultStrategy];
 const httpArgs = ['--http-host', '127.0.0.1', '--http-port', '0'];
 const brokerPackageVersion = (JSON.parse(readFileSync(join(repoRoot, 'services', 'fd-broker', 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -35,7 +35,7 @@ interface OpsBroker extends BrokerUnderTest {
 
 /** Starts a broker with its HTTP endpoint on a free port and returns where it listens. */
 async function startOpsBroker(kernel: FakeKernel, dir: string, args: string[] = [], privilegedUids: number[] | null = [ownUid]): Promise<OpsBroker> {
-  const b = await startBroker(kernel, dir, { args: [...strategyArgs, ...httpArgs, ...args], privilegedUids });
+  const b = await startBroker(kernel, dir, { args: [...httpArgs, ...args], privilegedUids });
   return { ...b, url: await httpUrl(b.process) };
 }
 
@@ -456,7 +456,7 @@ describe('fd-broker operations: failing nodes', () => {
     const port = (blocker.address() as { port: number }).port;
     try {
       const dir = join(scratch.path, 'port-taken');
-      const b = await startBroker(kernel, dir, { args: [...strategyArgs, '--http-host', '127.0.0.1', '--http-port', String(port)], waitForListening: false });
+      const b = await startBroker(kernel, dir, { args: ['--http-host', '127.0.0.1', '--http-port', String(port)], waitForListening: false });
       assert.equal((await b.process.exit()).code, 1);
       const line = b.process.logs.find((l) => l.event === 'start_failed');
       assert.match(String(line?.reason), new RegExp(`HTTP endpoint 127\\.0\\.0\\.1:${port}: .*EADDRINUSE`));
@@ -517,7 +517,7 @@ describe('fd-broker admin commands', () => {
     // Under the stand-in a context is a memfd; on a real kernel this would name /dev/iommu.
     assert.match(String(report.fd.target), /fake-iommufd/);
     assert.equal(report.fd.type, 'regular file');
-    assert.deepEqual(report.reply, { devicePath: kernel.devicePath, strategy: runningAsRoot ? 'temporary-node' : 'direct', rlimitModeVerified: true });
+    assert.deepEqual(report.reply, { devicePath: kernel.devicePath, strategy: defaultStrategy, rlimitModeVerified: true });
     assert.match(String(report.summary), /RLIMIT mode on/);
     // The broker saw the command as a peer that got a context.
     const opened = await working.process.waitForLog((l) => l.event === 'context_opened' && l.allocationId === 'fd-broker-inspect');

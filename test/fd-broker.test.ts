@@ -12,26 +12,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BrokerReplyError, brokerStatus, encodeFrame, FrameDecoder, openContext } from '@iommufd-plugin/common';
 import { closeFd } from '@iommufd-plugin/native';
 import { broker } from '@iommufd-plugin/proto';
-import { startBroker, type BrokerUnderTest } from './support/broker-process';
+import { defaultStrategy, startBroker, type BrokerUnderTest } from './support/broker-process';
 import { fakeKernel, type FakeKernel, runningAsRoot, unprivilegedUid } from './support/fake-kernel';
-import { serveFd } from './support/fd-server';
-import { runLauncher, type LauncherReport } from './support/launcher';
+import { inspectFdInLauncher, launcherUid } from './support/fd-check';
 import { scratchDir } from './support/scratch-dir';
 import { ServiceProcess } from './support/service-process';
 import { fdBrokerBin } from './support/paths';
-
-const launcherUid = runningAsRoot ? unprivilegedUid : undefined;
-
-/** Hands `fd` to a launcher stand-in over a real socket and returns what it saw. */
-async function inspectInLauncher(kernel: FakeKernel, dir: string, fd: number, set?: 0 | 1, uid = launcherUid): Promise<LauncherReport> {
-  const path = join(dir, `inspect-${fd}-${Date.now()}.sock`);
-  const server = await serveFd(path, fd);
-  try {
-    return await runLauncher(kernel.launcher, path, { uid, set, env: kernel.env(uid === 0 ? { privilegedUids: [0] } : {}) });
-  } finally {
-    await server.close();
-  }
-}
 
 /** Raw protocol access, for what the typed client never sends. */
 async function rawExchange(socketPath: string, write: (socket: Socket) => void, timeoutMs = 8000): Promise<{ replies: broker.Reply[]; closed: boolean }> {
@@ -79,9 +65,9 @@ describe('fd-broker', () => {
       const { fd, details } = await openContext(brokerUnderTest.socketPath, { allocationId: 'alloc-1', timeoutMs: 5000 });
       try {
         assert.equal(details.rlimitModeVerified, true);
-        assert.equal(details.strategy, runningAsRoot ? broker.OpenStrategy.OPEN_STRATEGY_TEMPORARY_NODE : broker.OpenStrategy.OPEN_STRATEGY_DIRECT);
+        assert.equal(details.strategy, defaultStrategy === 'temporary-node' ? broker.OpenStrategy.OPEN_STRATEGY_TEMPORARY_NODE : broker.OpenStrategy.OPEN_STRATEGY_DIRECT);
         assert.equal(details.devicePath, kernel.devicePath);
-        const seen = await inspectInLauncher(kernel, scratch.path, fd, 0);
+        const seen = await inspectFdInLauncher(kernel, scratch.path, fd, { uid: launcherUid, set: 0 });
         assert.equal(seen.result, 'ok');
         assert.equal(seen.getErrno, '');
         assert.equal(seen.rlimitMode, 1, 'the receiver must find RLIMIT mode on');
@@ -100,12 +86,12 @@ describe('fd-broker', () => {
       const b = await openContext(brokerUnderTest.socketPath, { allocationId: 'b', timeoutMs: 5000 });
       try {
         // A privileged process turns RLIMIT mode off in context a only.
-        const changed = await inspectInLauncher(kernel, scratch.path, a.fd, 0, runningAsRoot ? 0 : undefined);
+        const changed = await inspectFdInLauncher(kernel, scratch.path, a.fd, { set: 0, uid: runningAsRoot ? 0 : undefined });
         if (!runningAsRoot) return; // only root can play the privileged process here
         assert.equal(changed.set, 'ok');
         assert.equal(changed.rlimitModeAfterSet, 0);
-        assert.equal((await inspectInLauncher(kernel, scratch.path, a.fd)).rlimitMode, 0, 'context a keeps its change');
-        assert.equal((await inspectInLauncher(kernel, scratch.path, b.fd)).rlimitMode, 1, 'context b is untouched');
+        assert.equal((await inspectFdInLauncher(kernel, scratch.path, a.fd)).rlimitMode, 0, 'context a keeps its change');
+        assert.equal((await inspectFdInLauncher(kernel, scratch.path, b.fd)).rlimitMode, 1, 'context b is untouched');
       } finally {
         closeFd(a.fd);
         closeFd(b.fd);

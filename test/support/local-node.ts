@@ -2,8 +2,10 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { deviceplugin } from '@iommufd-plugin/proto';
 import { type AdmittedPod, KubeletSimulator } from '../kubelet-simulator/kubelet-simulator';
-import { fakeKernel, type FakeKernel, runningAsRoot, unprivilegedUid } from './fake-kernel';
+import { fakeKernel, type FakeKernel } from './fake-kernel';
+import { launcherUid } from './fd-check';
 import { runLauncher, type LauncherOptions, type LauncherReport } from './launcher';
+import { defaultStrategy } from './broker-process';
 import { fdBrokerBin, kubeletBridgeBin } from './paths';
 import { scratchDir } from './scratch-dir';
 import { ServiceProcess } from './service-process';
@@ -31,7 +33,7 @@ export class LocalNode {
   readonly podResourcesSocket: string;
   readonly brokerSocket: string;
   readonly socketDir: string;
-  readonly launcherUid = runningAsRoot ? unprivilegedUid : undefined;
+  readonly launcherUid = launcherUid;
   broker!: ServiceProcess;
   bridge!: ServiceProcess;
   readonly simulator: KubeletSimulator;
@@ -75,7 +77,7 @@ export class LocalNode {
         '--socket', this.brokerSocket,
         '--device', this.kernel.devicePath,
         '--node-dir', this.socketDir,
-        '--open-strategy', runningAsRoot ? 'temporary-node' : 'direct',
+        '--open-strategy', defaultStrategy,
         '--allowed-uids', String(ownUid),
         '--http-port', '0',
         ...(this.options.brokerArgs ?? []),

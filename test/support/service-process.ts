@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readdirSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { fdCountOf } from './process-figures';
 
 export type LogLine = Record<string, unknown> & { event?: string; msg?: string; level?: string };
 
@@ -79,7 +79,7 @@ export class ServiceProcess {
 
   /** The number of fds the process holds right now. */
   fdCount(): number {
-    return readdirSync(`/proc/${this.pid}/fd`).length;
+    return fdCountOf(this.pid);
   }
 
   exit(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
